@@ -1,0 +1,22 @@
+"""scpeft-hf: parameter-efficient fine-tuning of single-cell foundation models on the Hugging Face stack.
+
+Importing the package registers its models with transformers' Auto classes and its tuners with peft.
+"""
+
+from .models.scgpt import (
+    ScGPTConfig,
+    ScGPTForCellClassification,
+    ScGPTForMaskedExpressionModeling,
+    ScGPTModel,
+    ScGPTPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ScGPTConfig",
+    "ScGPTForCellClassification",
+    "ScGPTForMaskedExpressionModeling",
+    "ScGPTModel",
+    "ScGPTPreTrainedModel",
+]

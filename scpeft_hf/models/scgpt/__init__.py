@@ -1,0 +1,35 @@
+"""scGPT ported to transformers: configuration, model classes, and conversion of official checkpoints."""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_scgpt import ScGPTConfig
+from .modeling_scgpt import (
+    ScGPTCellClassifierOutput,
+    ScGPTForCellClassification,
+    ScGPTForMaskedExpressionModeling,
+    ScGPTMaskedExpressionOutput,
+    ScGPTModel,
+    ScGPTModelOutput,
+    ScGPTPreTrainedModel,
+)
+
+AutoConfig.register("scgpt", ScGPTConfig, exist_ok=True)
+AutoModel.register(ScGPTConfig, ScGPTModel, exist_ok=True)
+AutoModelForSequenceClassification.register(ScGPTConfig, ScGPTForCellClassification, exist_ok=True)
+AutoModelForMaskedLM.register(ScGPTConfig, ScGPTForMaskedExpressionModeling, exist_ok=True)
+
+__all__ = [
+    "ScGPTCellClassifierOutput",
+    "ScGPTConfig",
+    "ScGPTForCellClassification",
+    "ScGPTForMaskedExpressionModeling",
+    "ScGPTMaskedExpressionOutput",
+    "ScGPTModel",
+    "ScGPTModelOutput",
+    "ScGPTPreTrainedModel",
+]
