@@ -1,0 +1,57 @@
+"""Load the official scGPT v0.2.4 source files (installed with `pip install --no-deps scgpt==0.2.4`) by path.
+
+`import scgpt` fails on current torch (it imports torchtext), so modules are loaded one file at a time
+under a private package name. Only tests use this.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+_PACKAGE = "_official_scgpt"
+
+
+def official_source_dir() -> Path:
+    """Folder of the installed `scgpt` distribution's sources, or skip the test with how to install it."""
+    try:
+        dist = importlib.metadata.distribution("scgpt")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("official scGPT code not installed: pip install --no-deps scgpt==0.2.4")
+    if dist.version != "0.2.4":
+        pytest.skip(f"parity tests target scgpt 0.2.4, found {dist.version}")
+    return Path(dist.locate_file("scgpt"))
+
+
+def _ensure_package(name: str, path: Path) -> None:
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(path)]
+        sys.modules[name] = package
+
+
+def load_official_module(relative_path: str) -> types.ModuleType:
+    """Import `scgpt/<relative_path>` (e.g. "model/model.py") without running `scgpt/__init__.py`.
+
+    Parent packages are empty stand-ins, so relative imports between sibling files work; a stand-in
+    `logger` is provided because several modules do `from .. import logger`.
+    """
+    root = official_source_dir()
+    _ensure_package(_PACKAGE, root)
+    sys.modules[_PACKAGE].logger = __import__("logging").getLogger("official_scgpt")
+    parts = Path(relative_path).with_suffix("").parts
+    for depth in range(1, len(parts)):
+        _ensure_package(".".join((_PACKAGE, *parts[:depth])), root.joinpath(*parts[:depth]))
+    name = ".".join((_PACKAGE, *parts))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, root / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
