@@ -8,6 +8,7 @@ from transformers import (
 )
 
 from .configuration_scgpt import ScGPTConfig
+from .convert_scgpt import ConversionReport, convert_scgpt_checkpoint
 from .modeling_scgpt import (
     ScGPTCellClassifierOutput,
     ScGPTForCellClassification,
@@ -24,6 +25,8 @@ AutoModelForSequenceClassification.register(ScGPTConfig, ScGPTForCellClassificat
 AutoModelForMaskedLM.register(ScGPTConfig, ScGPTForMaskedExpressionModeling, exist_ok=True)
 
 __all__ = [
+    "ConversionReport",
+    "convert_scgpt_checkpoint",
     "ScGPTCellClassifierOutput",
     "ScGPTConfig",
     "ScGPTForCellClassification",

@@ -1,0 +1,274 @@
+"""Convert an official scGPT checkpoint folder (`best_model.pt`, `args.json`, `vocab.json`) to a Hugging Face
+folder (`config.json`, `model.safetensors`, `vocab.json`).
+
+The official state dict is loaded with `torch.load(weights_only=True)`, so no pickled code runs. Attention
+weights come in two layouts: flash-attn's fused `self_attn.Wqkv.*` and PyTorch's `self_attn.in_proj_*`; both
+hold [q; k; v] stacked along the output axis and are split into our `query`/`key`/`value` projections.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .configuration_scgpt import ScGPTConfig
+from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
+
+CHECKPOINT_FILE = "best_model.pt"
+ARGS_FILE = "args.json"
+VOCAB_FILE = "vocab.json"
+
+# Official module prefixes that our classes do not have (pretraining-only or batch-correction heads).
+_UNUSED_PREFIXES = (
+    "flag_encoder.",
+    "batch_encoder.",
+    "dsbn.",
+    "bn.",
+    "grad_reverse_discriminator.",
+    "sim.",
+)
+_LAYER_KEY = re.compile(r"^transformer_encoder\.layers\.(\d+)\.(.+)$")
+_LAYER_RENAMES = {
+    "self_attn.out_proj.weight": "attention.output.dense.weight",
+    "self_attn.out_proj.bias": "attention.output.dense.bias",
+    "linear1.weight": "intermediate.dense.weight",
+    "linear1.bias": "intermediate.dense.bias",
+    "linear2.weight": "output.dense.weight",
+    "linear2.bias": "output.dense.bias",
+    "norm1.weight": "attention.output.LayerNorm.weight",
+    "norm1.bias": "attention.output.LayerNorm.bias",
+    "norm2.weight": "output.LayerNorm.weight",
+    "norm2.bias": "output.LayerNorm.bias",
+}
+_FUSED_QKV = {
+    "self_attn.Wqkv.weight": ("Wqkv", "weight"),
+    "self_attn.Wqkv.bias": ("Wqkv", "bias"),
+    "self_attn.in_proj_weight": ("in_proj", "weight"),
+    "self_attn.in_proj_bias": ("in_proj", "bias"),
+}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: the class written, its size, and which weights were dropped or left fresh."""
+
+    out_dir: Path
+    model_class: str
+    num_parameters: int
+    attention_layout: str
+    unused_keys: list[str] = field(default_factory=list)
+    initialized_keys: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"Wrote {self.model_class} ({self.num_parameters:,} parameters, attention layout "
+            f"'{self.attention_layout}') to {self.out_dir}",
+            f"Checkpoint keys not used ({len(self.unused_keys)}): {', '.join(self.unused_keys) or 'none'}",
+            f"Weights freshly initialised ({len(self.initialized_keys)}): "
+            f"{', '.join(self.initialized_keys) or 'none'}",
+        ]
+        if self.model_class == "ScGPTForMaskedExpressionModeling":
+            lines.append(
+                "The checkpoint has no cls_decoder: ScGPTForCellClassification.from_pretrained() on this folder "
+                "initialises the classification head freshly (train it, or an adapter with it)."
+            )
+        return "\n".join(lines)
+
+
+def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load `best_model.pt` with `weights_only=True`; refuse anything that is not a plain tensor dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} was refused by torch.load(weights_only=True): it contains pickled objects other than "
+            "tensors, which could run code when loaded. Re-save it from a trusted environment with "
+            "torch.save(model.state_dict(), path)."
+        ) from err
+    if (
+        isinstance(state, dict)
+        and "model_state_dict" in state
+        and isinstance(state["model_state_dict"], dict)
+    ):
+        state = state["model_state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path.parent} has no {path.name} ({what}). An official scGPT checkpoint folder holds "
+            f"{CHECKPOINT_FILE}, {ARGS_FILE} and {VOCAB_FILE}; copy the missing file from the checkpoint download."
+        )
+    with path.open() as handle:
+        return json.load(handle)
+
+
+def _check_vocab(vocab: dict, path: Path) -> None:
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        raise ValueError(f"{path}: token ids must be 0..{len(ids) - 1} without gaps or duplicates")
+    for special in ("<pad>", "<cls>"):
+        if special not in vocab:
+            raise ValueError(
+                f"{path} has no '{special}' token; scGPT vocabularies contain <pad>, <cls> and <eoc>"
+            )
+
+
+def config_from_official(args: dict, vocab: dict, state: dict[str, torch.Tensor]) -> ScGPTConfig:
+    """Build the config from `args.json`, the vocabulary, and what the state dict shows (heads present)."""
+    embedding_rows = state["encoder.embedding.weight"].shape[0]
+    if embedding_rows != len(vocab):
+        raise ValueError(
+            f"vocab.json has {len(vocab):,} tokens but the checkpoint's gene embedding has {embedding_rows:,} rows; "
+            "the vocab.json must be the one saved with this checkpoint"
+        )
+    layer_ids = {int(m.group(1)) for key in state if (m := _LAYER_KEY.match(key))}
+    n_layers = args.get("nlayers", len(layer_ids))
+    if n_layers != len(layer_ids):
+        raise ValueError(
+            f"args.json says nlayers={n_layers} but the checkpoint has {len(layer_ids)} encoder layers"
+        )
+    cls_layers = sum(1 for key in state if re.fullmatch(r"cls_decoder\._decoder\.\d+\.weight", key)) // 2 + 1
+    config = ScGPTConfig(
+        vocab_size=len(vocab),
+        hidden_size=args.get("embsize", args.get("layer_size", 512)),
+        num_hidden_layers=n_layers,
+        num_attention_heads=args.get("nheads", args.get("nhead", 8)),
+        intermediate_size=args.get("d_hid", 512),
+        hidden_dropout_prob=args.get("dropout", 0.2),
+        attention_probs_dropout_prob=args.get("dropout", 0.2),
+        pad_token_id=vocab[args.get("pad_token", "<pad>")],
+        cls_token_id=vocab["<cls>"],
+        pad_value=args.get("pad_value", -2),
+        mask_value=args.get("mask_value", -1),
+        n_bins=args.get("n_bins", 51),
+        max_seq_len=args.get("max_seq_len", 1200),
+        input_emb_style=args.get("input_emb_style", "continuous"),
+        pre_norm=args.get("pre_norm", False),
+        num_cls_layers=cls_layers if "cls_decoder.out_layer.weight" in state else args.get("n_layers_cls", 3),
+        use_mvc="mvc_decoder.W.weight" in state,
+        explicit_zero_prob="decoder.zero_logit.0.weight" in state,
+    )
+    if "cls_decoder.out_layer.weight" in state:
+        config.num_labels = state["cls_decoder.out_layer.weight"].shape[0]
+    return config
+
+
+def rename_official_keys(
+    state: dict[str, torch.Tensor], hidden_size: int
+) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """Map official parameter names to ours. Returns (renamed state, unused keys, attention layout)."""
+    renamed: dict[str, torch.Tensor] = {}
+    unused: list[str] = []
+    layouts: set[str] = set()
+    for key, tensor in state.items():
+        if key.startswith("encoder."):
+            renamed["scgpt.embeddings.gene_encoder." + key.removeprefix("encoder.")] = tensor
+        elif key.startswith("value_encoder."):
+            renamed["scgpt.embeddings." + key] = tensor
+        elif key.startswith(("decoder.", "mvc_decoder.", "cls_decoder.out_layer.")):
+            renamed[key] = tensor
+        elif key.startswith("cls_decoder._decoder."):
+            renamed["cls_decoder.layers." + key.removeprefix("cls_decoder._decoder.")] = tensor
+        elif match := _LAYER_KEY.match(key):
+            prefix, name = f"scgpt.encoder.layer.{match.group(1)}.", match.group(2)
+            if name in _LAYER_RENAMES:
+                renamed[prefix + _LAYER_RENAMES[name]] = tensor
+            elif name in _FUSED_QKV:
+                layout, kind = _FUSED_QKV[name]
+                layouts.add(layout)
+                if tensor.shape[0] != 3 * hidden_size:
+                    raise ValueError(
+                        f"{key} has shape {tuple(tensor.shape)}; expected [3 x {hidden_size}, ...]"
+                    )
+                for part, chunk in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
+                    renamed[f"{prefix}attention.self.{part}.{kind}"] = chunk.clone()
+            else:
+                raise ValueError(
+                    f"Unknown key '{key}' in the encoder layers. Known attention layouts are flash-attn "
+                    "(self_attn.Wqkv.weight/bias) and PyTorch (self_attn.in_proj_weight/bias), each with "
+                    "self_attn.out_proj; is this a scGPT TransformerModel checkpoint?"
+                )
+        elif key.startswith(_UNUSED_PREFIXES):
+            unused.append(key)
+        else:
+            raise ValueError(f"Unknown checkpoint key '{key}': not part of scGPT's TransformerModel")
+    if len(layouts) > 1:
+        raise ValueError(f"The checkpoint mixes attention layouts {sorted(layouts)}; expected one")
+    return renamed, unused, layouts.pop() if layouts else "none"
+
+
+def convert_scgpt_checkpoint(
+    src_dir: str | Path, out_dir: str | Path, overwrite: bool = False, checkpoint_file: str = CHECKPOINT_FILE
+) -> ConversionReport:
+    """Convert an official scGPT checkpoint folder into a Hugging Face folder loadable with `from_pretrained`.
+
+    Checkpoints without a classification head become `ScGPTForMaskedExpressionModeling` (gene embeddings,
+    encoder, expression and MVC decoders); fine-tuned annotation checkpoints with a `cls_decoder` become
+    `ScGPTForCellClassification`. Either loads into the other class with the heads it lacks initialised.
+    Everything is written to a temporary folder first, so a failure leaves `out_dir` untouched.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"Checkpoint folder {src_dir} does not exist")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty; choose another folder or pass overwrite=True"
+        )
+    args = _read_json(src_dir / ARGS_FILE, "the model hyper-parameters")
+    vocab_path = src_dir / VOCAB_FILE
+    vocab = _read_json(vocab_path, "the gene vocabulary")
+    _check_vocab(vocab, vocab_path)
+    checkpoint = src_dir / checkpoint_file
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{src_dir} has no {checkpoint_file} (the model weights)")
+    state = load_official_state_dict(checkpoint)
+    if "encoder.embedding.weight" not in state:
+        raise ValueError(
+            f"{checkpoint} has no 'encoder.embedding.weight': not a scGPT TransformerModel state dict"
+        )
+
+    config = config_from_official(args, vocab, state)
+    renamed, unused, layout = rename_official_keys(state, config.hidden_size)
+    has_classifier = "cls_decoder.out_layer.weight" in renamed
+    model_class = ScGPTForCellClassification if has_classifier else ScGPTForMaskedExpressionModeling
+    config.architectures = [model_class.__name__]
+    model = model_class(config)
+    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("cls_decoder.",)
+    unused += [key for key in renamed if key.startswith(head_only)]
+    renamed = {key: value for key, value in renamed.items() if not key.startswith(head_only)}
+    result = model.load_state_dict(renamed, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(
+            f"Checkpoint tensors with no place in {model_class.__name__}: {result.unexpected_keys}"
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ConversionReport(
+        out_dir=out_dir,
+        model_class=model_class.__name__,
+        num_parameters=model.num_parameters(),
+        attention_layout=layout,
+        unused_keys=sorted(unused),
+        initialized_keys=sorted(result.missing_keys),
+    )
