@@ -1,0 +1,1 @@
+"""Tasks built on the backbones, tuners and data rooms: cell-type annotation, embeddings, pretraining."""

@@ -1,0 +1,294 @@
+"""Cell-type annotation: fine-tune an adapter (or the whole model, or a probe) with `transformers.Trainer`,
+then predict labels, confidences and cell embeddings for new cells."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import (
+    AutoModelForSequenceClassification,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
+
+from ..models.fingerprint import backbone_fingerprint
+from .backbones import describe_preprocessing, load_processor, make_collator, resolve_base
+from .card import render_adapter_card
+from .inference import run_model
+from .methods import METHODS, PEFT_METHODS, prepare_model
+from .metrics import classification_metrics, compute_metrics
+from .plots import plot_confusion_matrix, plot_umap
+from .splits import balanced_class_weights, make_splits
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+METRICS = "metrics.json"
+
+
+@dataclass
+class TrainingSettings:
+    """How an annotation model is trained. `learning_rate=None` picks the method's default."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_length: int | None = None
+    seed: int = 0
+    early_stopping_patience: int = 3
+    class_weights: bool = True
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    extra_training_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class AnnotationResult:
+    out_dir: Path
+    metrics: dict[str, float]
+    label_names: list[str]
+
+
+def check_labels(adata: ad.AnnData, label_key: str) -> None:
+    if label_key not in adata.obs:
+        raise KeyError(
+            f"Label column '{label_key}' is not in adata.obs; available columns: {', '.join(map(str, adata.obs))}"
+        )
+    labels = adata.obs[label_key]
+    if labels.isna().any():
+        raise ValueError(
+            f"Label column '{label_key}' has {int(labels.isna().sum())} missing values; drop those cells"
+        )
+    if labels.astype(str).nunique() < 2:
+        raise ValueError(
+            f"Label column '{label_key}' has a single class ({labels.astype(str).iloc[0]!r}); annotation needs "
+            "at least two cell types"
+        )
+
+
+def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def train_annotation(
+    adata: ad.AnnData,
+    label_key: str,
+    method: str = "encoder",
+    out_dir: str | Path = "scpeft-annotation",
+    base: str | Path | None = None,
+    split_key: str | None = None,
+    input_kind: str | None = None,
+    settings: TrainingSettings | None = None,
+    overwrite: bool = False,
+) -> AnnotationResult:
+    """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
+
+    The folder holds the adapter (`adapter_config.json`, `adapter_model.safetensors`; the whole model for
+    `full`/`probe`), `processor_config.json` with the label names, `metrics.json`, `run_info.json`, a model
+    card `README.md`, `confusion_matrix.png` and `umap.png`. It appears only when everything succeeded.
+    """
+    settings = settings or TrainingSettings()
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_labels(adata, label_key)
+    if split_key is not None and split_key not in adata.obs:
+        raise KeyError(f"Split column '{split_key}' is not in adata.obs")
+    base_dir = resolve_base(base)
+    processor = load_processor(base_dir, input_kind=input_kind, max_length=settings.max_length)
+    processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
+    splits = make_splits(
+        adata.obs[label_key],
+        adata.obs[split_key] if split_key else None,
+        settings.test_fraction,
+        settings.validation_fraction,
+        settings.seed,
+    )
+    datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
+    train_labels = np.asarray(datasets["train"]["labels"])
+    label_names = list(processor.label_names)
+
+    out_dir = Path(out_dir)
+    staging = _staging_dir(out_dir, overwrite)
+    try:
+        torch.manual_seed(settings.seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            class_weights=balanced_class_weights(train_labels, len(label_names))
+            if settings.class_weights
+            else None,
+        )
+        fingerprint = backbone_fingerprint(model)
+        if settings.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model, learning_rate = prepare_model(model, method, settings.learning_rate)
+        trainable, total = count_parameters(model)
+        logger.info("%s: %s trainable of %s parameters", method, f"{trainable:,}", f"{total:,}")
+
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=str(staging / "checkpoints"),
+                num_train_epochs=settings.epochs,
+                per_device_train_batch_size=settings.batch_size,
+                per_device_eval_batch_size=2 * settings.batch_size,
+                learning_rate=learning_rate,
+                weight_decay=settings.weight_decay,
+                warmup_ratio=settings.warmup_ratio,
+                eval_strategy="epoch",
+                save_strategy="epoch",
+                save_total_limit=2,
+                load_best_model_at_end=True,
+                metric_for_best_model="macro_f1",
+                greater_is_better=True,
+                logging_steps=settings.logging_steps,
+                report_to="none",
+                seed=settings.seed,
+                data_seed=settings.seed,
+                remove_unused_columns=False,
+                label_names=["labels"],
+                use_cpu=not torch.cuda.is_available(),
+                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                **settings.extra_training_args,
+            ),
+            train_dataset=datasets["train"],
+            eval_dataset=datasets["validation"],
+            data_collator=make_collator(processor, train=True),
+            compute_metrics=compute_metrics,
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+        )
+        started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - started
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+
+        if not trainer.is_world_process_zero():
+            return AnnotationResult(out_dir, {}, label_names)
+        model = trainer.model.eval()
+        test = run_model(
+            model, datasets["test"], make_collator(processor, train=False), 2 * settings.batch_size
+        )
+        test_labels = np.asarray(datasets["test"]["labels"])
+        predictions = test.logits.argmax(-1)
+        metrics = {f"test_{k}": v for k, v in classification_metrics(test_labels, predictions).items()}
+        metrics.update(trainable_params=trainable, total_params=total, train_seconds=train_seconds)
+        metrics["best_validation_macro_f1"] = trainer.state.best_metric
+
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / METRICS).write_text(json.dumps(metrics, indent=2))
+        (staging / RUN_INFO).write_text(
+            json.dumps(
+                {
+                    "method": method,
+                    "model_type": model.config.model_type,
+                    "base_model": str(base_dir),
+                    "base_model_fingerprint": fingerprint,
+                    "label_key": label_key,
+                    "label_names": label_names,
+                    "preprocessing": describe_preprocessing(processor),
+                    "n_cells": {name: int(len(index)) for name, index in splits.items()},
+                    "test_obs_names": adata.obs_names[splits["test"]].tolist(),
+                    "training": asdict(settings) | {"learning_rate": learning_rate},
+                },
+                indent=2,
+            )
+        )
+        (staging / "README.md").write_text(render_adapter_card(staging, adapter_ref=str(out_dir)))
+        plot_confusion_matrix(test_labels, predictions, label_names, staging / "confusion_matrix.png")
+        plot_umap(test.cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return AnnotationResult(out_dir, metrics, label_names)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Annotator:
+    """A trained annotation model with its processor, ready to label new cells."""
+
+    model: PreTrainedModel | PeftModel
+    processor: object
+    run_info: dict
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.run_info["label_names"]
+
+    def predict(self, adata: ad.AnnData, batch_size: int = 64) -> ad.AnnData:
+        """Write `obs["scpeft_pred"]`, `obs["scpeft_confidence"]` and `obsm["X_scpeft"]` (cell embeddings)."""
+        dataset = self.processor(adata)
+        result = run_model(self.model, dataset, make_collator(self.processor, train=False), batch_size)
+        probabilities = torch.softmax(torch.from_numpy(result.logits), dim=-1).numpy()
+        names = np.asarray(self.label_names, dtype=object)
+        adata.obs["scpeft_pred"] = names[probabilities.argmax(-1)]
+        adata.obs["scpeft_pred"] = adata.obs["scpeft_pred"].astype("category")
+        adata.obs["scpeft_confidence"] = probabilities.max(-1)
+        adata.obsm["X_scpeft"] = result.cell_embeddings
+        return adata
+
+
+def load_annotator(adapter_dir: str | Path, base: str | Path | None = None) -> Annotator:
+    """Load a folder written by `train_annotation` (or `scpeft-hf train`).
+
+    The base model is the one recorded at training time unless `base` overrides it; either way its weights
+    must match the recorded fingerprint, so an adapter is never applied to a different backbone.
+    """
+    adapter_dir = Path(adapter_dir)
+    info_path = adapter_dir / RUN_INFO
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
+    run_info = json.loads(info_path.read_text())
+    processor = load_processor(adapter_dir)
+    if run_info["method"] in PEFT_METHODS:
+        base_dir = resolve_base(base or run_info["base_model"])
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir,
+            num_labels=len(run_info["label_names"]),
+            id2label=dict(enumerate(run_info["label_names"])),
+        )
+        fingerprint = backbone_fingerprint(model)
+        if fingerprint != run_info["base_model_fingerprint"]:
+            raise ValueError(
+                f"The adapter in {adapter_dir} was trained on a base model with fingerprint "
+                f"{run_info['base_model_fingerprint']}, but {base_dir} has {fingerprint}. Pass --base with the "
+                "model the adapter was trained on."
+            )
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return Annotator(model=model, processor=processor, run_info=run_info)
