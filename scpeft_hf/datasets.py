@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import anndata
@@ -24,7 +25,11 @@ def pbmc68k_reduced() -> anndata.AnnData:
     path = Path(scanpy.__file__).parent / "datasets" / PBMC68K_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall scanpy (the file ships inside its wheel)")
-    source = anndata.read_h5ad(path)
+    with warnings.catch_warnings():
+        # The file predates `obsp` and anndata's encoding metadata; anndata says so while reading it.
+        warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=anndata.OldFormatWarning)
+        source = anndata.read_h5ad(path)
     log_normalised = sp.csr_matrix(source.raw.X, dtype=np.float64)
     totals = source.obs["n_counts"].to_numpy(dtype=np.float64)
     rows = np.repeat(np.arange(source.n_obs), np.diff(log_normalised.indptr))
@@ -40,4 +45,5 @@ def pbmc68k_reduced() -> anndata.AnnData:
         shape=log_normalised.shape,
     )
     counts.eliminate_zeros()
+    counts.sort_indices()  # the file stores each row's genes in descending order
     return anndata.AnnData(X=counts, obs=source.obs.copy(), var=source.raw.var.copy())

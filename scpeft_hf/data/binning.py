@@ -52,7 +52,7 @@ def bin_csr_values(
     `values` must hold only the positive, finite entries of each row (explicit zeros eliminated). A chunk
     may have at most 2**16 rows of at most 2**17 values (the sort key's layout); callers process large
     matrices in row chunks. `random_state` is required for ``ties="random"`` and advances by one draw per
-    value, in row-major order.
+    value, in storage order (gene order within a row, as the official code draws, for canonical CSR).
     """
     row_lengths = _check_chunk(indptr, n_bins, ties, random_state)
     n_values = len(values)

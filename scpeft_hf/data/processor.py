@@ -187,30 +187,31 @@ class ScGPTProcessor:
                 f"{directory} has no {VOCAB_NAME}; save the processor or convert the model there"
             )
         config_path = directory / PROCESSOR_CONFIG_NAME
+        model_config_path = directory / MODEL_CONFIG_NAME
         if config_path.is_file():
             settings = json.loads(config_path.read_text())
             settings.pop("processor_class", None)
             special = {key: settings.pop(key) for key in ("pad_token", "cls_token") if key in settings}
-        elif (directory / MODEL_CONFIG_NAME).is_file():
-            model_config = json.loads((directory / MODEL_CONFIG_NAME).read_text())
-            settings = {"n_bins": model_config["n_bins"], "pad_value": model_config["pad_value"]}
-            settings["mask_value"] = model_config["mask_value"]
-            settings["max_length"] = model_config["max_seq_len"]
-            special = {}
-        else:
+            return cls(GeneVocab.from_file(directory / VOCAB_NAME, **special), **{**settings, **kwargs})
+        if not model_config_path.is_file():
             raise FileNotFoundError(
                 f"{directory} has neither {PROCESSOR_CONFIG_NAME} nor a model {MODEL_CONFIG_NAME}; "
                 f"save a processor there with save_pretrained() or convert an scGPT checkpoint into it"
             )
-        vocab = GeneVocab.from_file(directory / VOCAB_NAME, **special)
-        if (
-            not config_path.is_file()
-            and model_config.get("pad_token_id", vocab.pad_token_id) != vocab.pad_token_id
-        ):
-            raise ValueError(
-                f"{directory / MODEL_CONFIG_NAME} has pad_token_id={model_config['pad_token_id']} but "
-                f"{VOCAB_NAME} gives <pad> id {vocab.pad_token_id}; the two files come from different models"
-            )
+        model_config = json.loads(model_config_path.read_text())
+        vocab = GeneVocab.from_file(directory / VOCAB_NAME)
+        for key, vocab_id in (("pad_token_id", vocab.pad_token_id), ("cls_token_id", vocab.cls_token_id)):
+            if model_config.get(key, vocab_id) != vocab_id:
+                raise ValueError(
+                    f"{model_config_path} has {key}={model_config[key]} but {VOCAB_NAME} gives id {vocab_id}; "
+                    f"the two files come from different models"
+                )
+        settings = {
+            "n_bins": model_config["n_bins"],
+            "pad_value": model_config["pad_value"],
+            "mask_value": model_config["mask_value"],
+            "max_length": model_config["max_seq_len"],
+        }
         return cls(vocab, **{**settings, **kwargs})
 
     def __repr__(self) -> str:
