@@ -47,9 +47,10 @@ def bin_csr_values(
     ties: TieRule = "deterministic",
     random_state: np.random.RandomState | None = None,
 ) -> np.ndarray:
-    """Bin the stored values of a CSR matrix row by row; returns int64 bins (1..n_bins-1) aligned with `values`.
+    """Bin the stored values of a CSR matrix row by row; returns bins 1..n_bins-1 aligned with `values`.
 
-    `values` must hold only the positive, finite entries of each row (explicit zeros eliminated). A chunk
+    Bins are int16 (int32 when n_bins > 32767). `values` must hold only the positive, finite entries of
+    each row (explicit zeros eliminated). A chunk
     may have at most 2**16 rows of at most 2**17 values (the sort key's layout); callers process large
     matrices in row chunks. `random_state` is required for ``ties="random"`` and advances by one draw per
     value, in storage order (gene order within a row, as the official code draws, for canonical CSR).
@@ -57,7 +58,7 @@ def bin_csr_values(
     row_lengths = _check_chunk(indptr, n_bins, ties, random_state)
     n_values = len(values)
     if n_values == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=_bin_dtype(n_bins))
     row_start = np.asarray(indptr[:-1], dtype=np.int64)
     value_row_start = np.repeat(row_start, row_lengths)
     position = np.arange(n_values, dtype=np.int64) - value_row_start
@@ -84,12 +85,11 @@ def bin_csr_values(
         row_lengths,
         n_bins,
     )
-    group_of_sorted = np.cumsum(new_group) - 1
-    group_of_value = np.empty(n_values, dtype=np.int64)
+    group_of_value = np.empty(n_values, dtype=np.int32)
     group_of_value[value_row_start + (keys & np.uint64(MAX_ROW_LENGTH - 1)).astype(np.int64)] = (
-        group_of_sorted
+        np.cumsum(new_group, dtype=np.int32) - 1
     )
-    return _assign_bins(hi, right, group_of_value, ties, random_state)
+    return _assign_bins(hi, right, None, len(group_first), group_of_value, n_bins, ties, random_state)
 
 
 def bin_csr_counts(
@@ -112,20 +112,27 @@ def bin_csr_counts(
     row_lengths = _check_chunk(indptr, n_bins, ties, random_state)
     n_values = len(counts)
     if n_values == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=_bin_dtype(n_bins))
     n_rows = len(row_lengths)
-    keys = counts.astype(np.int64)
-    # Dense ranks of the chunk's distinct counts, then one histogram bucket per (row, count rank).
-    present = np.zeros(int(keys.max()) + 1, dtype=bool)
-    present[keys] = True
-    distinct_counts = np.flatnonzero(present)
-    rank_of_count = np.cumsum(present) - 1
+    largest = int(counts.max())
+    keys = counts.astype(np.int32 if largest < 2**31 else np.int64)
+    # One histogram bucket per (row, count); with large counts, per (row, rank among the chunk's counts).
+    if n_rows * (largest + 1) <= 2 * n_values:
+        distinct_counts = np.arange(largest + 1)
+        rank_of_count = None
+    else:
+        present = np.zeros(largest + 1, dtype=bool)
+        present[keys] = True
+        distinct_counts = np.flatnonzero(present)
+        rank_of_count = np.cumsum(present) - 1
     n_distinct = len(distinct_counts)
-    bucket = np.repeat(np.arange(n_rows, dtype=np.int64) * n_distinct, row_lengths)
-    bucket += rank_of_count[keys]
-    histogram = np.bincount(bucket, minlength=n_rows * n_distinct)
-    values_through = np.cumsum(histogram)
+    n_buckets = n_rows * n_distinct
+    index_type = np.int32 if n_buckets < 2**31 else np.int64
+    bucket = np.repeat(np.arange(n_rows, dtype=index_type) * n_distinct, row_lengths)
+    bucket += keys if rank_of_count is None else rank_of_count.astype(index_type)[keys]
+    histogram = np.bincount(bucket, minlength=n_buckets)
     filled = np.flatnonzero(histogram)
+    values_through = np.cumsum(histogram[filled])
     filled_rows = filled // n_distinct
     filled_values = np.asarray(transform(filled_rows, distinct_counts[filled % n_distinct]), dtype=np.float32)
     same_row = filled_rows[1:] == filled_rows[:-1]
@@ -135,10 +142,10 @@ def bin_csr_counts(
         return bin_csr_values(indptr, values, n_bins, ties, random_state)
 
     def sorted_value_at(positions: np.ndarray) -> np.ndarray:
-        return filled_values[np.searchsorted(values_through[filled], positions, side="right")]
+        return filled_values[np.searchsorted(values_through, positions, side="right")]
 
     row_start = np.asarray(indptr[:-1], dtype=np.int64)
-    group_last = values_through[filled] - 1
+    group_last = values_through - 1
     hi, right = _hi_and_right(
         group_last - histogram[filled] + 1,
         group_last,
@@ -148,9 +155,7 @@ def bin_csr_counts(
         row_lengths,
         n_bins,
     )
-    group_of_bucket = np.empty(len(histogram), dtype=np.int64)
-    group_of_bucket[filled] = np.arange(len(filled))
-    return _assign_bins(hi, right, group_of_bucket[bucket], ties, random_state)
+    return _assign_bins(hi, right, filled, n_buckets, bucket, n_bins, ties, random_state)
 
 
 def _check_chunk(
@@ -225,14 +230,28 @@ def _hi_and_right(
 def _assign_bins(
     hi: np.ndarray,
     right: np.ndarray,
-    group_of_value: np.ndarray,
+    slots: np.ndarray | None,
+    n_slots: int,
+    slot_of_value: np.ndarray,
+    n_bins: int,
     ties: TieRule,
     random_state: np.random.RandomState | None,
 ) -> np.ndarray:
+    """Per-value bins from per-group `hi`/`right`, placed at `slots` (None: in order) of a table of `n_slots`
+    entries that `slot_of_value` indexes: one small table and one gather per value."""
+    bin_type = _bin_dtype(n_bins)
+    where = slots if slots is not None else slice(None)
     if ties == "deterministic":
-        lo = np.minimum(right + 1, hi)
-        return ((lo + hi + 1) // 2)[group_of_value]
+        table = np.zeros(n_slots, dtype=bin_type)
+        table[where] = (np.minimum(right + 1, hi) + hi + 1) // 2
+        return table[slot_of_value]
+    hi_table, right_table = np.zeros(n_slots, dtype=bin_type), np.zeros(n_slots, dtype=bin_type)
+    hi_table[where], right_table[where] = hi, right
+    value_hi = hi_table[slot_of_value].astype(np.int64)
     # The official `_digitize` arithmetic, in float64, so equal draws give equal bins.
-    draws = random_state.random_sample(len(group_of_value))
-    value_hi = hi[group_of_value]
-    return np.ceil(draws * (right[group_of_value] - value_hi) + value_hi).astype(np.int64)
+    draws = random_state.random_sample(len(slot_of_value))
+    return np.ceil(draws * (right_table[slot_of_value] - value_hi) + value_hi).astype(bin_type)
+
+
+def _bin_dtype(n_bins: int) -> type:
+    return np.int16 if n_bins <= np.iinfo(np.int16).max else np.int32

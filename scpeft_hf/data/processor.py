@@ -372,7 +372,8 @@ class ScGPTProcessor:
 
     def _input_kind(self, stored: np.ndarray, where: str) -> Literal["counts", "log1p"]:
         """Check the stored values are usable and resolve `input_kind` for them."""
-        if len(stored) and not (np.isfinite(stored).all() and stored.min() >= 0):
+        # min/max propagate NaN, so two reductions screen for NaN, inf and negatives at once.
+        if len(stored) and not (np.isfinite(stored.max()) and stored.min() >= 0):
             finite = np.isfinite(stored)
             problem = (
                 f"{(~finite).sum()} NaN/inf values"
@@ -384,9 +385,12 @@ class ScGPTProcessor:
                 f"log1p-normalised data (not scaled or centred data such as the output of sc.pp.scale), "
                 f"and fill or drop non-finite entries"
             )
-        is_integer = bool(np.all(np.mod(stored, 1) == 0))
+        is_integer = all(
+            np.array_equal(block, np.rint(block))
+            for block in np.split(stored, range(1 << 20, len(stored), 1 << 20))
+        )
         if self.input_kind == "counts" and not is_integer:
-            fractional = stored[np.mod(stored, 1) != 0]
+            fractional = stored[stored != np.rint(stored)]
             hint = (
                 "it looks log-normalised (all values below 30)"
                 if stored.max() < 30
@@ -483,8 +487,7 @@ class ScGPTProcessor:
         n_cells = chunk.shape[0]
         matched = _select_columns(chunk, plan.matched_columns, chunk.shape[1])
         # Totals over all vocabulary genes, before any HVG restriction, as the official tutorials normalise.
-        running_total = np.concatenate(([0.0], np.cumsum(matched.data, dtype=np.float64)))
-        totals = running_total[matched.indptr[1:]] - running_total[matched.indptr[:-1]]
+        totals = _row_totals(matched) if input_kind == "counts" else None
         if not plan.selected.all():
             matched = _select_columns(matched, np.flatnonzero(plan.selected), matched.shape[1])
         indptr, genes, stored = matched.indptr.astype(np.int64), matched.indices, matched.data
@@ -510,17 +513,18 @@ class ScGPTProcessor:
         np.cumsum(lengths, out=offsets[1:])
         if offsets[-1] > np.iinfo(np.int32).max:
             raise ValueError(f"chunk of {n_cells} cells has {offsets[-1]} tokens; lower chunk_size")
-        is_cls = np.zeros(offsets[-1], dtype=bool)
-        is_cls[offsets[:-1]] = True
-        input_ids = np.empty(offsets[-1], dtype=np.int32)
-        input_ids[is_cls] = self.cls_token_id
-        input_ids[~is_cls] = token_ids
-        values = np.empty(offsets[-1], dtype=np.int16)
-        values[is_cls] = self.cls_value
-        values[~is_cls] = bins
+        offsets = pa.array(offsets.astype(np.int32))
+        gene_slots = np.ones(len(token_ids) + n_cells, dtype=bool)
+        gene_slots[offsets.to_numpy()[:-1]] = False
+
+        def with_cls(cls_entry: int, genes_entries: np.ndarray, dtype: type) -> pa.ListArray:
+            tokens = np.full(len(gene_slots), cls_entry, dtype=dtype)
+            tokens[gene_slots] = genes_entries
+            return pa.ListArray.from_arrays(offsets, pa.array(tokens))
+
         arrays = [
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(input_ids)),
-            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values)),
+            with_cls(self.cls_token_id, token_ids, np.int32),
+            with_cls(self.cls_value, bins, np.int16),
             pa.array(lengths.astype(np.int32)),
         ]
         if labels is not None:
@@ -545,6 +549,15 @@ class ScGPTProcessor:
 
 def _stored_values(matrix) -> np.ndarray:
     return matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
+
+
+def _row_totals(counts: sp.csr_matrix) -> np.ndarray:
+    """Per-row sums accumulated in float64 (as scanpy does; exact for counts)."""
+    totals = np.zeros(counts.shape[0])
+    occupied = np.diff(counts.indptr) > 0
+    if occupied.any():
+        totals[occupied] = np.add.reduceat(counts.data, counts.indptr[:-1][occupied], dtype=np.float64)
+    return totals
 
 
 def _select_columns(chunk: sp.csr_matrix, columns: np.ndarray, n_columns: int) -> sp.csr_matrix:

@@ -31,20 +31,30 @@ def expression_matrix(adata: AnnData, layer: str | None = None):
 def iter_csr_chunks(matrix, chunk_size: int) -> Iterator[tuple[int, sp.csr_matrix]]:
     """Yield `(first_row, rows as canonical float32 CSR without stored zeros)`, `chunk_size` rows at a time.
 
-    Works on in-memory dense/sparse matrices and on backed ones (only the chunk is read from disk).
+    Works on in-memory dense/sparse matrices and on backed ones (only the chunk is read from disk). Chunks
+    of an in-memory float32 CSR matrix that is already canonical are views into it, not copies.
     """
     if sp.issparse(matrix) and matrix.format == "csc":
         raise ValueError(
             "the expression matrix is CSC, which cannot be read row by row; convert it first "
             "(adata.X = adata.X.tocsr()), or write the .h5ad with a CSR matrix for streaming"
         )
+    viewable = (
+        sp.issparse(matrix)
+        and matrix.dtype == np.float32
+        and matrix.has_canonical_format
+        and np.all(matrix.data != 0)
+    )
     for start in range(0, matrix.shape[0], chunk_size):
-        rows = matrix[start : start + chunk_size]
-        chunk = (
-            sp.csr_matrix(rows, dtype=np.float32)
-            if sp.issparse(rows)
-            else sp.csr_matrix(np.asarray(rows, dtype=np.float32))
-        )
+        stop = min(start + chunk_size, matrix.shape[0])
+        if viewable:
+            begin, end = matrix.indptr[start], matrix.indptr[stop]
+            indptr = (matrix.indptr[start : stop + 1] - begin).astype(matrix.indices.dtype)
+            parts = (matrix.data[begin:end], matrix.indices[begin:end], indptr)
+            yield start, sp.csr_matrix(parts, shape=(stop - start, matrix.shape[1]), copy=False)
+            continue
+        rows = matrix[start:stop]
+        chunk = sp.csr_matrix(rows if sp.issparse(rows) else np.asarray(rows), dtype=np.float32)
         chunk.sum_duplicates()
         chunk.eliminate_zeros()
         yield start, chunk

@@ -244,7 +244,7 @@ def gene_names(adata: AnnData, gene_column: str | None = None) -> np.ndarray:
             f"gene_column={gene_column!r} is not a var column; var columns are {list(adata.var.columns)} "
             f"(leave gene_column=None to use the var index)"
         )
-    names = np.array(["" if pd.isna(name) else str(name) for name in names], dtype=object)
+    names = pd.Series(names).fillna("").astype(str).to_numpy(dtype=object)
     unique, counts = np.unique(names, return_counts=True)
     duplicated = unique[counts > 1]
     if len(duplicated):
