@@ -126,3 +126,21 @@ def test_invalid_settings_are_rejected():
         bin_csr_values(indptr, values, 51, "random")
     with pytest.raises(ValueError, match="'sometimes'"):
         bin_csr_values(indptr, values, 51, "sometimes")
+
+
+@pytest.mark.parametrize("ties", ["deterministic", "random"])
+def test_uneven_rows_bin_like_rows_binned_one_by_one(ties):
+    """A chunk with one long row and many short ones is sorted as one array rather than as padded rows."""
+    rng = np.random.default_rng(4)
+    lengths = np.array([3000] + [3] * 200)
+    values = rng.integers(1, 40, lengths.sum()).astype(np.float32)
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+
+    together = bin_csr_values(indptr, values, 51, ties, np.random.RandomState(0))
+
+    random_state = np.random.RandomState(0)
+    one_by_one = [
+        bin_csr_values(np.array([0, stop - start]), values[start:stop], 51, ties, random_state)
+        for start, stop in zip(indptr[:-1], indptr[1:], strict=True)
+    ]
+    np.testing.assert_array_equal(together, np.concatenate(one_by_one))

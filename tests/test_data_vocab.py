@@ -111,6 +111,7 @@ def test_no_gene_in_vocab_names_counts_and_the_fix():
         vocab.match(adata)
 
 
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
 def test_duplicate_gene_names_are_rejected():
     adata = _adata(["CD4", "TP53", "CD4"])
     with pytest.raises(ValueError, match=r"1 duplicated gene names \(e\.g\. 'CD4'\).*var_names_make_unique"):

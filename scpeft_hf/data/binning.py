@@ -34,6 +34,7 @@ import numpy as np
 TieRule = Literal["deterministic", "random"]
 
 # Sort key layout (uint64): | row within chunk: 16 bits | float32 bits of the value: 31 | position in row: 17 |
+# (the row part only when all rows are sorted as one array)
 _VALUE_SHIFT = np.uint64(17)
 _ROW_SHIFT = np.uint64(48)
 MAX_CHUNK_ROWS = 1 << 16
@@ -62,17 +63,27 @@ def bin_csr_values(
     row_start = np.asarray(indptr[:-1], dtype=np.int64)
     value_row_start = np.repeat(row_start, row_lengths)
     position = np.arange(n_values, dtype=np.int64) - value_row_start
-    value_bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    keys = np.repeat(np.arange(len(row_lengths), dtype=np.uint64), row_lengths) << _ROW_SHIFT
-    keys |= value_bits << _VALUE_SHIFT
+    keys = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64) << _VALUE_SHIFT
     keys |= position.astype(np.uint64)
-    keys.sort()
-    # Rows keep their CSR place in the sort, so `value_row_start` also holds for sorted positions.
-    row_and_value = keys >> _VALUE_SHIFT
-    sorted_values = row_and_value.astype(np.uint32).view(np.float32)
+    width = int(row_lengths.max())
+    if len(row_lengths) * width <= 3 * n_values:
+        # Rows padded into a matrix: NumPy sorts each row on its own, in cache, much faster than one sort.
+        real = np.arange(width) < row_lengths[:, None]
+        padded = np.full((len(row_lengths), width), np.iinfo(np.uint64).max, dtype=np.uint64)
+        padded[real] = keys
+        padded.sort(axis=1)
+        keys = padded[real]
+    else:
+        keys |= np.repeat(np.arange(len(row_lengths), dtype=np.uint64), row_lengths) << _ROW_SHIFT
+        keys.sort()
+        keys &= np.uint64((1 << int(_ROW_SHIFT)) - 1)
+    # Rows keep their CSR place in either sort, so `value_row_start` also holds for sorted positions.
+    value_bits = (keys >> _VALUE_SHIFT).astype(np.uint32)
+    sorted_values = value_bits.view(np.float32)
     new_group = np.empty(n_values, dtype=bool)
     new_group[0] = True
-    np.not_equal(row_and_value[1:], row_and_value[:-1], out=new_group[1:])
+    np.not_equal(value_bits[1:], value_bits[:-1], out=new_group[1:])
+    new_group[row_start[row_lengths > 0]] = True
     group_first = np.flatnonzero(new_group)
     group_last = np.append(group_first[1:], n_values) - 1
 
