@@ -277,7 +277,7 @@ def _unmatched_by_expression(adata: AnnData, names: np.ndarray, unmatched: np.nd
     if not unmatched.any():
         return []
     order = np.flatnonzero(unmatched)
-    if not adata.isbacked:
-        totals = np.asarray(abs(adata.X).sum(axis=0)).ravel()[order]
+    if not adata.isbacked and adata.X is not None:
+        totals = np.asarray(adata.X[:, order].sum(axis=0)).ravel()
         order = order[np.argsort(-totals, kind="stable")]
     return [str(name) for name in names[order]]
