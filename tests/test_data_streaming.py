@@ -48,14 +48,16 @@ def test_dense_h5ad_streams_like_sparse(tmp_path):
 def test_cache_is_reused_and_keyed_by_settings(h5ad_path, tmp_path):
     cache = tmp_path / "cache"
     vocab = pbmc_vocab(pbmc())
-    first = ScGPTProcessor(vocab).tokenize_h5ad(h5ad_path, cache_dir=cache)
+    first = ScGPTProcessor(vocab).tokenize_h5ad(h5ad_path, "bulk_labels", cache_dir=cache)
     written = first.cache_files[0]["filename"]
     modified = (cache / "scpeft_hf" / written.rsplit("/", 1)[1]).stat().st_mtime_ns
 
-    again = ScGPTProcessor(vocab).tokenize_h5ad(h5ad_path, cache_dir=cache)
+    fresh = ScGPTProcessor(vocab)
+    again = fresh.tokenize_h5ad(h5ad_path, "bulk_labels", cache_dir=cache)
     other = ScGPTProcessor(vocab, n_bins=21).tokenize_h5ad(h5ad_path, cache_dir=cache)
 
     assert again.cache_files[0]["filename"] == written
+    assert fresh.label_names == first.features["labels"].names  # a cache hit still fixes the label names
     assert (cache / "scpeft_hf" / written.rsplit("/", 1)[1]).stat().st_mtime_ns == modified
     assert other.cache_files[0]["filename"] != written
     assert max(max(values) for values in other["values"]) == 20

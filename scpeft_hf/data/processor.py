@@ -251,7 +251,8 @@ class ScGPTProcessor:
         """Tokenize an in-memory AnnData into a Dataset, one row per cell in `obs` order.
 
         `label_key` names the `obs` column with class labels (→ a `labels` ClassLabel column). Label names
-        and HVGs are fixed on the first call and reused afterwards; a label not seen then is an error.
+        (the column's categories in their order, or the sorted values, leaving out absent ones) and HVGs are
+        fixed on the first call and reused afterwards; a label not seen then is an error.
         Cells without any expressed vocabulary gene are kept with `<cls>` alone, with a warning.
         Nothing is changed (neither the AnnData nor this processor) when the input is rejected.
         """
@@ -308,17 +309,18 @@ class ScGPTProcessor:
                 "label_names": label_names,
                 "label_key": label_key,
                 "layer": layer,
-                "gene_column": gene_column,
+                "gene_column": gene_column or self.gene_column,
                 "token_ids": plan.token_ids.tolist(),
             }
             cache_root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
             cache_file = cache_root / "scpeft_hf" / f"scgpt-{file_fingerprint(path, settings)}.arrow"
+            n_empty = 0
             if cache_file.is_file():
                 logger.info("reusing tokenized cache %s", cache_file)
             else:
                 schema = self.features(label_names).arrow_schema
                 random_state = np.random.RandomState(self.seed)
-                input_kind, n_empty = None, 0
+                input_kind = None
                 with atomic_arrow_writer(cache_file, schema) as writer:
                     for start, chunk in iter_csr_chunks(matrix, self.chunk_size):
                         where = f"cells {start}..{start + chunk.shape[0] - 1} of {path}"
@@ -337,7 +339,7 @@ class ScGPTProcessor:
                         )
                         writer.write_batch(batch)
                         n_empty += empty
-                self._commit(label_names, plan, n_empty, adata.n_obs)
+            self._commit(label_names, plan, n_empty, adata.n_obs)
         finally:
             adata.file.close()
         return datasets.Dataset.from_file(str(cache_file))
@@ -359,8 +361,14 @@ class ScGPTProcessor:
                 f"obs[{label_key!r}] has {missing.sum()} cells without a label (e.g. {list(adata.obs_names[missing][:3])}); "
                 f"drop them first: adata = adata[adata.obs[{label_key!r}].notna()].copy()"
             )
+        present = set(labels.astype(str))
+        if self.label_names is not None:
+            label_names = self.label_names
+        elif isinstance(labels.dtype, pd.CategoricalDtype):
+            label_names = [str(name) for name in labels.cat.categories if str(name) in present]
+        else:
+            label_names = sorted(present)
         labels = labels.astype(str).to_numpy()
-        label_names = self.label_names if self.label_names is not None else sorted(set(labels))
         unknown = sorted(set(labels) - set(label_names))
         if unknown:
             raise ValueError(
