@@ -3,6 +3,7 @@
 Importing the package registers its models with transformers' Auto classes and its tuners with peft.
 """
 
+from .data import GeneMatch, GeneVocab, ScGPTDataCollator, ScGPTProcessor
 from .models.scgpt import (
     ScGPTConfig,
     ScGPTForCellClassification,
@@ -14,6 +15,10 @@ from .models.scgpt import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GeneMatch",
+    "GeneVocab",
+    "ScGPTDataCollator",
+    "ScGPTProcessor",
     "ScGPTConfig",
     "ScGPTForCellClassification",
     "ScGPTForMaskedExpressionModeling",

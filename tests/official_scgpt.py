@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import logging
 import sys
 import types
 from pathlib import Path
@@ -55,3 +56,19 @@ def load_official_module(relative_path: str) -> types.ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def stub_official_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins for imports of `preprocess.py` and `tokenizer/gene_tokenizer.py` that our tests never use.
+
+    `preprocess.py` does `from scgpt import logger` (an absolute import of the package, whose `__init__`
+    fails), and `gene_tokenizer.py` subclasses torchtext's `Vocab`. Call before `load_official_module`.
+    """
+    scgpt = types.ModuleType("scgpt")
+    scgpt.logger = logging.getLogger("official_scgpt")
+    torchtext_vocab = types.ModuleType("torchtext.vocab")
+    torchtext_vocab.Vocab = type("Vocab", (), {})
+    torchtext = types.ModuleType("torchtext")
+    torchtext.vocab = torchtext_vocab
+    for name, module in (("scgpt", scgpt), ("torchtext", torchtext), ("torchtext.vocab", torchtext_vocab)):
+        monkeypatch.setitem(sys.modules, name, module)
