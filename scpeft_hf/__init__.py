@@ -10,13 +10,27 @@ from .models.scgpt import (
     ScGPTModel,
     ScGPTPreTrainedModel,
 )
+from .tuners import (
+    EncoderAdapterConfig,
+    PrefixAdapterConfig,
+    ScPeftType,
+    TokenAdapterConfig,
+    paper_config,
+    scpeft_lora_config,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncoderAdapterConfig",
+    "PrefixAdapterConfig",
     "ScGPTConfig",
     "ScGPTForCellClassification",
     "ScGPTForMaskedExpressionModeling",
     "ScGPTModel",
     "ScGPTPreTrainedModel",
+    "ScPeftType",
+    "TokenAdapterConfig",
+    "paper_config",
+    "scpeft_lora_config",
 ]
