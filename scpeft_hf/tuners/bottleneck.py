@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
@@ -24,7 +24,7 @@ from .targets import (
     default_target_modules,
     resolve_layers,
 )
-from .tuner_utils import WrapsBlockMixin
+from .tuner_utils import BlockTuner, WrapsBlockMixin
 
 
 @dataclass
@@ -265,7 +265,7 @@ class BottleneckAdapterLayer(nn.Module, WrapsBlockMixin):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(
-            "A bottleneck adapter cannot be merged into the base weights: up(act(down(h))) is non-linear. "
+            "A bottleneck adapter cannot be merged into the base weights: up(act(down(h))) is non-linear; "
             "Keep the PeftModel unmerged, or call unload() to drop the adapter"
         )
 
@@ -292,13 +292,12 @@ def _split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     )
 
 
-class BottleneckAdapterModel(BaseTuner):
+class BottleneckAdapterModel(BlockTuner):
     """Tuner that wraps every targeted module in the method's [`BottleneckAdapterLayer`] subclass."""
 
     tuner_layer_cls: type[BottleneckAdapterLayer]
     target_module_mapping: dict[str, list[str]]
-    # Human-readable method name for error messages, and whether None layers mean "first half".
-    method_name: ClassVar[str]
+    # whether layers_to_transform=None means "the first half of the layers"
     default_first_half_layers: ClassVar[bool]
 
     def _prepare_adapter_config(self, peft_config: BottleneckAdapterConfig, model_config: dict) -> PeftConfig:
@@ -338,9 +337,3 @@ class BottleneckAdapterModel(BaseTuner):
             # an added adapter stays frozen until it is activated
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            f"The {self.method_name} cannot be merged into the base weights: its bottleneck is non-linear. "
-            "Use the PeftModel unmerged, or unload() to get the base model back"
-        )

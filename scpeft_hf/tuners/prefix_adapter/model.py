@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from ..registration import ScPeftType
@@ -17,16 +17,18 @@ from ..targets import (
     default_target_modules,
     resolve_layers,
 )
+from ..tuner_utils import BlockTuner
 from .config import PrefixAdapterConfig
 from .layer import PrefixAdapterLayer, find_layer_list
 
 
-class PrefixAdapterModel(BaseTuner):
+class PrefixAdapterModel(BlockTuner):
     """Adds scPEFT's prefix adapter to a model; see [`PrefixAdapterConfig`]."""
 
     prefix = ScPeftType.PREFIX_ADAPTER.prefix
     tuner_layer_cls = PrefixAdapterLayer
     target_module_mapping = PREFIX_ADAPTER_TARGET_MODULES
+    method_name = "prefix adapter"
 
     @staticmethod
     def _check_target_module_exists(peft_config: PrefixAdapterConfig, key: str) -> bool:
@@ -81,9 +83,3 @@ class PrefixAdapterModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
-
-    def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "The prefix adapter adds tokens to the sequence and cannot be merged into the base weights; use the "
-            "PeftModel as it is, or unload() to get the base model back"
-        )
