@@ -227,6 +227,26 @@ def test_one_optimizer_step_changes_the_output_through_the_adapter(method):
     assert (after - base_output).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("method", ["encoder", "token"])
+def test_every_adapter_parameter_learns_from_zero_init(method):
+    # the down projection gets no gradient while the up projection is zero; it must move from step 2 on
+    batch = cell_batch()
+    labels = torch.tensor([0, 1, 2])
+    model = get_peft_model(tiny_scgpt(), method_config(method, modules_to_save=[]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+    moved = {
+        n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if n in before
+    }
+    assert len(moved) == (8 if method == "encoder" else 4)
+    assert min(moved.values()) > 1e-4, moved
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_disable_adapter_gives_exactly_the_base_output(method):
     batch = cell_batch()
