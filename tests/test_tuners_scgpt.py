@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model, inject_adapter_in_model
 from safetensors.torch import load_file
 
 from scpeft_hf import (
@@ -440,3 +440,50 @@ def test_merging_a_bottleneck_adapter_raises_a_clear_error():
         model.merge_and_unload()
     base = model.unload()
     assert type(base.scgpt.encoder.layer[0].attention.output).__name__ == "ScGPTSelfOutput"
+
+
+# ------------------------------------------------------------------------------------- peft entry points
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bfloat16_model_runs_with_float32_adapter_weights(method):
+    batch = cell_batch()
+    model = get_peft_model(tiny_scgpt().to(torch.bfloat16), method_config(method, identity=False))
+    adapter_dtypes = {p.dtype for n, p in model.named_parameters() if METHOD_PREFIX[method] in n}
+    assert adapter_dtypes == {torch.float32}  # peft's autocast_adapter_dtype
+    with torch.no_grad():
+        output = logits(model, batch)
+        with model.disable_adapter():
+            base_output = logits(model, batch)
+    assert output.dtype == torch.bfloat16 and torch.isfinite(output).all()
+    assert not torch.equal(output, base_output)
+
+
+@pytest.mark.parametrize("method", ["encoder", "prefix"])
+def test_seq_cls_task_type_and_direct_injection_work(method):
+    batch = cell_batch()
+    labels = torch.tensor([0, 1, 2])
+    seq_cls = get_peft_model(tiny_scgpt(), method_config(method, identity=False, task_type="SEQ_CLS"))
+    assert type(seq_cls).__name__ == "PeftModelForSequenceClassification"
+    output = seq_cls(**batch, labels=labels)
+    assert output.loss.requires_grad and output.logits.shape == (3, NUM_LABELS)
+
+    torch.manual_seed(0)
+    injected = inject_adapter_in_model(method_config(method, identity=False), tiny_scgpt())
+    torch.manual_seed(0)
+    wrapped = get_peft_model(tiny_scgpt(), method_config(method, identity=False))
+    with torch.no_grad():
+        assert torch.equal(injected(**batch).logits, logits(wrapped, batch))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_low_cpu_mem_usage_loading_reproduces_outputs(method, tmp_path):
+    batch = cell_batch()
+    model = get_peft_model(tiny_scgpt(), method_config(method, identity=False))
+    with torch.no_grad():
+        expected = logits(model, batch)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_scgpt(), tmp_path, low_cpu_mem_usage=True)
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    with torch.no_grad():
+        assert torch.equal(logits(loaded, batch), expected)
