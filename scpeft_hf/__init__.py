@@ -11,10 +11,20 @@ from .models.scgpt import (
     ScGPTModel,
     ScGPTPreTrainedModel,
 )
+from .tuners import (
+    EncoderAdapterConfig,
+    PrefixAdapterConfig,
+    ScPeftType,
+    TokenAdapterConfig,
+    paper_config,
+    scpeft_lora_config,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncoderAdapterConfig",
+    "PrefixAdapterConfig",
     "GeneMatch",
     "GeneVocab",
     "ScGPTDataCollator",
@@ -24,4 +34,8 @@ __all__ = [
     "ScGPTForMaskedExpressionModeling",
     "ScGPTModel",
     "ScGPTPreTrainedModel",
+    "ScPeftType",
+    "TokenAdapterConfig",
+    "paper_config",
+    "scpeft_lora_config",
 ]
