@@ -46,7 +46,7 @@ class TrainingSettings:
     batch_size: int = 32
     learning_rate: float | None = None
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
+    warmup: float = 0.0  # a fraction (< 1) of the steps, or a step count
     max_length: int | None = None
     seed: int = 0
     early_stopping_patience: int = 3
@@ -161,7 +161,7 @@ def train_annotation(
                 per_device_eval_batch_size=2 * settings.batch_size,
                 learning_rate=learning_rate,
                 weight_decay=settings.weight_decay,
-                warmup_ratio=settings.warmup_ratio,
+                warmup_steps=settings.warmup,
                 eval_strategy="epoch",
                 save_strategy="epoch",
                 save_total_limit=2,

@@ -38,7 +38,7 @@ DEMO_ARCHITECTURE = dict(
     num_attention_heads=4,
     intermediate_size=256,
     hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.0,  # attention dropout forces the slow math path on CPU
     max_seq_len=512,
 )
 
@@ -61,6 +61,7 @@ def pretrain_demo_backbone(
     mask_probability: float = 0.4,
     learning_rate: float = 1e-3,
     batch_size: int = 32,
+    max_grad_norm: float = 1.0,
     overwrite: bool = False,
 ) -> Path:
     """Pretrain the demo backbone and write it as a model folder (config, weights, vocab, processor, card)."""
@@ -103,6 +104,7 @@ def pretrain_demo_backbone(
                 lr_scheduler_type="cosine",
                 warmup_steps=0.05,
                 weight_decay=0.01,
+                max_grad_norm=max_grad_norm,
                 logging_steps=20,
                 save_strategy="no",
                 report_to="none",
