@@ -444,7 +444,7 @@ class ScGPTProcessor:
         if hvg_genes is not None and selected.sum() < len(hvg_genes):
             warnings.warn(
                 f"{len(hvg_genes) - selected.sum()} of the {len(hvg_genes)} saved highly variable genes are "
-                f"missing from this AnnData (or not in the vocabulary); their positions stay empty",
+                f"missing from this AnnData (or not in the vocabulary); cells are tokenized without them",
                 stacklevel=3,
             )
         return _GenePlan(matched_columns, selected, match.token_ids[matched_columns][selected], hvg_genes)
@@ -456,7 +456,7 @@ class ScGPTProcessor:
 
         values = sp.csr_matrix(matrix[:, matched_columns], dtype=np.float32)
         if input_kind == "counts":
-            values = sp.csr_matrix(self._normalised(values))
+            values = self._normalised(values)
         hvg = sc.pp.highly_variable_genes(
             AnnData(values), n_top_genes=self.n_top_genes, flavor="seurat", inplace=False
         )
@@ -464,12 +464,11 @@ class ScGPTProcessor:
         logger.info("chose %d highly variable genes of %d vocabulary genes", len(chosen), len(names))
         return chosen
 
-    def _normalised(self, counts: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
-        totals = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
+    def _normalised(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        counts = counts.copy()
-        counts.data = self._transform(totals)(rows, counts.data)
-        return counts
+        values = counts.copy()
+        values.data = self._transform(_row_totals(counts))(rows, counts.data)
+        return values
 
     def _transform(self, totals: np.ndarray):
         """Counts → the values the official pipeline bins, in scanpy's float32 arithmetic."""
