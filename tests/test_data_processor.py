@@ -260,3 +260,14 @@ def test_saved_highly_variable_genes_missing_from_new_data_are_reported():
         dataset = processor(adata)
 
     assert max(dataset["length"]) == 3  # <cls> + CD3E + NKG7
+
+
+def test_explicitly_stored_zeros_are_not_expressed_genes():
+    adata = pbmc()[:40].copy()
+    adata.X.data[::7] = 0  # stored, but zero
+    cleaned = adata.copy()
+    cleaned.X.eliminate_zeros()
+    vocab = pbmc_vocab(adata)
+
+    assert ScGPTProcessor(vocab)(adata)[:] == ScGPTProcessor(vocab)(cleaned)[:]
+    assert adata.X.nnz > cleaned.X.nnz  # the caller's matrix is left as it was
