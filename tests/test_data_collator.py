@@ -119,3 +119,38 @@ def test_invalid_settings_are_rejected():
         ScGPTDataCollator(pad_token_id=PAD, mlm_probability=1.5)
     with pytest.raises(ValueError, match="max_length=1"):
         ScGPTDataCollator(pad_token_id=PAD, max_length=1)
+
+
+def test_trainer_steps_on_processor_batches(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from scpeft_hf.models.scgpt import ScGPTConfig, ScGPTForCellClassification
+
+    adata = pbmc()[:64]
+    vocab = pbmc_vocab(adata)
+    processor = ScGPTProcessor(vocab, max_length=64)
+    dataset = processor(adata, label_key="bulk_labels")
+    config = ScGPTConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        pad_token_id=vocab.pad_token_id,
+        cls_token_id=vocab.cls_token_id,
+        num_labels=len(processor.label_names),
+        max_seq_len=64,
+    )
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=16, report_to="none", use_cpu=True
+    )
+    trainer = Trainer(
+        model=ScGPTForCellClassification(config),
+        args=arguments,
+        train_dataset=dataset,
+        data_collator=ScGPTDataCollator.from_processor(processor),
+    )
+
+    result = trainer.train()
+
+    assert result.global_step == 2 and np.isfinite(result.training_loss)

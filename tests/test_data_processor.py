@@ -249,3 +249,25 @@ def test_cells_without_expressed_vocabulary_genes_keep_only_cls():
 
     assert dataset[4]["input_ids"] == [vocab.cls_token_id] and dataset[4]["values"] == [0]
     assert dataset["length"][17] == 1 and dataset["length"][5] > 1
+
+
+@pytest.mark.filterwarnings("ignore:.*cells have no expressed gene")
+def test_saved_highly_variable_genes_missing_from_new_data_are_reported():
+    adata = pbmc()
+    processor = ScGPTProcessor(pbmc_vocab(adata), hvg_genes=["CD3E", "NKG7", "NOT_A_GENE"])
+
+    with pytest.warns(UserWarning, match="1 of the 3 saved highly variable genes are missing"):
+        dataset = processor(adata)
+
+    assert max(dataset["length"]) == 3  # <cls> + CD3E + NKG7
+
+
+def test_explicitly_stored_zeros_are_not_expressed_genes():
+    adata = pbmc()[:40].copy()
+    adata.X.data[::7] = 0  # stored, but zero
+    cleaned = adata.copy()
+    cleaned.X.eliminate_zeros()
+    vocab = pbmc_vocab(adata)
+
+    assert ScGPTProcessor(vocab)(adata)[:] == ScGPTProcessor(vocab)(cleaned)[:]
+    assert adata.X.nnz > cleaned.X.nnz  # the caller's matrix is left as it was

@@ -87,3 +87,16 @@ def test_highly_variable_genes_must_be_chosen_before_streaming(h5ad_path, tmp_pa
 
     assert streamed[:300] == in_memory[:]
     assert len(streamed[0]["input_ids"]) <= 101
+
+
+def test_auto_input_kind_must_hold_for_every_chunk(tmp_path):
+    adata = pbmc()
+    adata.X[600:] = adata.X[600:].multiply(0.5).tocsr()  # later cells no longer integer-valued
+    adata.write_h5ad(tmp_path / "mixed.h5ad")
+
+    with pytest.raises(
+        ValueError, match=r"cells 512\.\.639 .* look like log1p but earlier cells like counts"
+    ):
+        ScGPTProcessor(pbmc_vocab(adata), chunk_size=128).tokenize_h5ad(
+            tmp_path / "mixed.h5ad", cache_dir=tmp_path / "cache"
+        )

@@ -31,6 +31,7 @@ def test_official_vocab_file_round_trip(tmp_path):
     assert len(vocab) == 10
     assert (vocab.pad_token_id, vocab.cls_token_id) == (7, 8)
     assert vocab["MALAT1"] == 3 and "CD4" in vocab and "CD19" not in vocab
+    assert vocab.lookup(["CD8A", "CD19", "<cls>"]).tolist() == [1, -1, 8]
     assert GeneVocab.from_file(tmp_path / "saved.json") == vocab
     assert list(json.loads((tmp_path / "saved.json").read_text()).values()) == list(range(10))
     with pytest.raises(KeyError, match="'CD19' is not in the vocabulary"):

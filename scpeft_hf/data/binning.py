@@ -16,8 +16,8 @@ statistics) and compared with those two neighbours only. Tie rules:
   middle of the official range rounded up, which is the expected bin of the official draw. A value that is
   not a tie gets exactly the official bin. Example (n_bins=51): a cell whose three non-zero values are all
   equal gives each of them bin 26, where the official code draws each from 1..50.
-- ``ties="random"``: the official rule, `ceil(u * (right - hi) + hi)` with `u` uniform in [0, 1) drawn in
-  row-major order from ``numpy.random.RandomState(seed)``. After ``np.random.seed(seed)`` the official
+- ``ties="random"``: the official rule, `ceil(u * (right - hi) + hi)` with `u` uniform in [0, 1) drawn
+  value by value (cell by cell, genes in order) from ``numpy.random.RandomState(seed)``. After ``np.random.seed(seed)`` the official
   per-cell loop draws the same numbers, so the bins are identical.
 
 Values are compared at float32 precision (AnnData's usual dtype) through their IEEE-754 bit patterns, which
@@ -51,10 +51,10 @@ def bin_csr_values(
     """Bin the stored values of a CSR matrix row by row; returns bins 1..n_bins-1 aligned with `values`.
 
     Bins are int16 (int32 when n_bins > 32767). `values` must hold only the positive, finite entries of
-    each row (explicit zeros eliminated). A chunk
-    may have at most 2**16 rows of at most 2**17 values (the sort key's layout); callers process large
-    matrices in row chunks. `random_state` is required for ``ties="random"`` and advances by one draw per
-    value, in storage order (gene order within a row, as the official code draws, for canonical CSR).
+    each row (explicit zeros eliminated). A chunk may have at most 2**16 rows of at most 2**17 values (the
+    sort key's layout); callers process large matrices in row chunks. `random_state` is required for
+    ``ties="random"`` and advances by one draw per value, in storage order (gene order within a row, as the
+    official code draws, for canonical CSR).
     """
     row_lengths = _check_chunk(indptr, n_bins, ties, random_state)
     n_values = len(values)

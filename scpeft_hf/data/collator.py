@@ -5,6 +5,10 @@ genes drawn without replacement, kept in their original order. In training mode 
 seeded generator that advances with every batch, so each epoch sees other genes; in eval mode every cell
 gets its own generator seeded by (`seed`, CRC32 of its gene ids), so a cell always gets the same genes,
 whatever batch or order it comes in. Masking for masked-expression pretraining follows the same rule.
+
+`transformers.Trainer` collates training and evaluation batches with the same collator: give it one in
+training mode, and for reproducible evaluation switch it around `evaluate()`/`predict()`
+(`trainer.data_collator = collator.eval()`, then `.train()` again), or override `get_eval_dataloader`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -253,7 +254,8 @@ class ScGPTProcessor:
         `label_key` names the `obs` column with class labels (→ a `labels` ClassLabel column). Label names
         (the column's categories in their order, or the sorted values, leaving out absent ones) and HVGs are
         fixed on the first call and reused afterwards; a label not seen then is an error.
-        Cells without any expressed vocabulary gene are kept with `<cls>` alone, with a warning.
+        Cells without any expressed vocabulary gene are kept with `<cls>` alone, with a warning. With
+        `input_kind="auto"` the first chunk of cells decides, and a later chunk that disagrees is an error.
         Nothing is changed (neither the AnnData nor this processor) when the input is rejected.
         """
         if adata.isbacked:
@@ -262,17 +264,9 @@ class ScGPTProcessor:
         matrix = expression_matrix(adata, layer)
         if sp.issparse(matrix) and matrix.format != "csr":
             matrix = matrix.tocsr()
-        input_kind = self._input_kind(_stored_values(matrix), "the expression matrix")
-        if self.input_kind == "auto":
-            logger.info("input_kind='auto': the data are treated as %s", input_kind)
-        plan = self._gene_plan(adata, gene_column, gene_table, matrix, input_kind)
-        random_state = np.random.RandomState(self.seed)
+        plan = self._gene_plan(adata, gene_column, gene_table, matrix)
         batches, n_empty = [], 0
-        for start, chunk in iter_csr_chunks(matrix, self.chunk_size):
-            chunk_labels = labels[start : start + chunk.shape[0]] if labels is not None else None
-            batch, empty = self._encode_chunk(
-                chunk, plan, input_kind, chunk_labels, label_names, random_state
-            )
+        for batch, empty in self._encode_chunks(matrix, plan, labels, label_names, "the AnnData"):
             batches.append(batch)
             n_empty += empty
         self._commit(label_names, plan, n_empty, adata.n_obs)
@@ -303,7 +297,7 @@ class ScGPTProcessor:
         try:
             label_names, labels = self._labels(adata, label_key)
             matrix = expression_matrix(adata, layer)
-            plan = self._gene_plan(adata, gene_column, gene_table, None, None)
+            plan = self._gene_plan(adata, gene_column, gene_table, None)
             settings = {
                 **self.to_dict(),
                 "label_names": label_names,
@@ -319,24 +313,8 @@ class ScGPTProcessor:
                 logger.info("reusing tokenized cache %s", cache_file)
             else:
                 schema = self.features(label_names).arrow_schema
-                random_state = np.random.RandomState(self.seed)
-                input_kind = None
                 with atomic_arrow_writer(cache_file, schema) as writer:
-                    for start, chunk in iter_csr_chunks(matrix, self.chunk_size):
-                        where = f"cells {start}..{start + chunk.shape[0] - 1} of {path}"
-                        chunk_kind = self._input_kind(chunk.data, where)
-                        if input_kind is not None and chunk_kind != input_kind:
-                            raise ValueError(
-                                f"{where} look like {chunk_kind} but earlier cells like {input_kind}; "
-                                f"pass input_kind='counts' or 'log1p' to say which the file holds"
-                            )
-                        if input_kind is None and self.input_kind == "auto":
-                            logger.info("input_kind='auto': %s are treated as %s", where, chunk_kind)
-                        input_kind = chunk_kind
-                        chunk_labels = labels[start : start + chunk.shape[0]] if labels is not None else None
-                        batch, empty = self._encode_chunk(
-                            chunk, plan, input_kind, chunk_labels, label_names, random_state
-                        )
+                    for batch, empty in self._encode_chunks(matrix, plan, labels, label_names, str(path)):
                         writer.write_batch(batch)
                         n_empty += empty
             self._commit(label_names, plan, n_empty, adata.n_obs)
@@ -420,13 +398,9 @@ class ScGPTProcessor:
         return "counts" if is_integer else "log1p"
 
     def _gene_plan(
-        self,
-        adata: AnnData,
-        gene_column: str | None,
-        gene_table: pd.DataFrame | str | None,
-        matrix,
-        input_kind: str | None,
+        self, adata: AnnData, gene_column: str | None, gene_table: pd.DataFrame | str | None, matrix
     ) -> _GenePlan:
+        """Genes to tokenize; HVGs are chosen here when needed, from `matrix` (None when streaming)."""
         gene_column = gene_column or self.gene_column
         match = self.vocab.match(adata, gene_column, gene_table)
         logger.info("genes: %s", match.report())
@@ -439,24 +413,23 @@ class ScGPTProcessor:
                     "highly variable genes must be chosen on an in-memory AnnData before streaming: call "
                     "processor(adata_in_memory) once (or set hvg_genes=[...]), then tokenize_h5ad()"
                 )
-            hvg_genes = self._choose_hvgs(matrix, matched_columns, names, input_kind)
+            hvg_genes = self._choose_hvgs(matrix, matched_columns, names)
         selected = np.isin(names, hvg_genes) if hvg_genes is not None else np.ones(len(names), dtype=bool)
         if hvg_genes is not None and selected.sum() < len(hvg_genes):
             warnings.warn(
                 f"{len(hvg_genes) - selected.sum()} of the {len(hvg_genes)} saved highly variable genes are "
-                f"missing from this AnnData (or not in the vocabulary); their positions stay empty",
+                f"missing from this AnnData (or not in the vocabulary); cells are tokenized without them",
                 stacklevel=3,
             )
         return _GenePlan(matched_columns, selected, match.token_ids[matched_columns][selected], hvg_genes)
 
-    def _choose_hvgs(
-        self, matrix, matched_columns: np.ndarray, names: np.ndarray, input_kind: str
-    ) -> list[str]:
+    def _choose_hvgs(self, matrix, matched_columns: np.ndarray, names: np.ndarray) -> list[str]:
         import scanpy as sc
 
         values = sp.csr_matrix(matrix[:, matched_columns], dtype=np.float32)
-        if input_kind == "counts":
-            values = sp.csr_matrix(self._normalised(values))
+        values.eliminate_zeros()
+        if self._input_kind(values.data, "the AnnData's vocabulary genes") == "counts":
+            values = self._normalised(values)
         hvg = sc.pp.highly_variable_genes(
             AnnData(values), n_top_genes=self.n_top_genes, flavor="seurat", inplace=False
         )
@@ -464,12 +437,11 @@ class ScGPTProcessor:
         logger.info("chose %d highly variable genes of %d vocabulary genes", len(chosen), len(names))
         return chosen
 
-    def _normalised(self, counts: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
-        totals = np.asarray(counts.sum(axis=1), dtype=np.float32).ravel()
+    def _normalised(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-        counts = counts.copy()
-        counts.data = self._transform(totals)(rows, counts.data)
-        return counts
+        values = counts.copy()
+        values.data = self._transform(_row_totals(counts))(rows, counts.data)
+        return values
 
     def _transform(self, totals: np.ndarray):
         """Counts → the values the official pipeline bins, in scanpy's float32 arithmetic."""
@@ -482,6 +454,33 @@ class ScGPTProcessor:
             return np.log1p(values) if self.log1p else values
 
         return transform
+
+    def _encode_chunks(
+        self,
+        matrix,
+        plan: _GenePlan,
+        labels: np.ndarray | None,
+        label_names: list[str] | None,
+        source: str,
+    ) -> Iterator[tuple[pa.RecordBatch, int]]:
+        """Check and tokenize `matrix` `chunk_size` cells at a time: (record batch, cells without genes)."""
+        random_state = np.random.RandomState(self.seed)
+        input_kind = None
+        for start, chunk in iter_csr_chunks(matrix, self.chunk_size):
+            where = f"cells {start}..{start + chunk.shape[0] - 1} of {source}"
+            chunk_kind = self._input_kind(chunk.data, where)
+            if input_kind is not None and chunk_kind != input_kind:
+                raise ValueError(
+                    f"{where} look like {chunk_kind} but earlier cells like {input_kind}; "
+                    f"pass input_kind='counts' or 'log1p' to say which they hold"
+                )
+            if input_kind is None and self.input_kind == "auto":
+                logger.info(
+                    "input_kind='auto': %s are treated as %s (integer-valued or not)", where, chunk_kind
+                )
+            input_kind = chunk_kind
+            chunk_labels = labels[start : start + chunk.shape[0]] if labels is not None else None
+            yield self._encode_chunk(chunk, plan, input_kind, chunk_labels, label_names, random_state)
 
     def _encode_chunk(
         self,
@@ -555,16 +554,15 @@ class ScGPTProcessor:
             )
 
 
-def _stored_values(matrix) -> np.ndarray:
-    return matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
-
-
 def _row_totals(counts: sp.csr_matrix) -> np.ndarray:
-    """Per-row sums accumulated in float64 (as scanpy does; exact for counts)."""
+    """Per-row sums of counts, exact (scanpy accumulates in float64; float32 is exact below 2**24)."""
     totals = np.zeros(counts.shape[0])
     occupied = np.diff(counts.indptr) > 0
     if occupied.any():
-        totals[occupied] = np.add.reduceat(counts.data, counts.indptr[:-1][occupied], dtype=np.float64)
+        starts = counts.indptr[:-1][occupied]
+        totals[occupied] = np.add.reduceat(counts.data, starts)
+        if totals.max() >= 2**24:
+            totals[occupied] = np.add.reduceat(counts.data, starts, dtype=np.float64)
     return totals
 
 

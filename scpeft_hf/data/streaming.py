@@ -39,23 +39,22 @@ def iter_csr_chunks(matrix, chunk_size: int) -> Iterator[tuple[int, sp.csr_matri
             "the expression matrix is CSC, which cannot be read row by row; convert it first "
             "(adata.X = adata.X.tocsr()), or write the .h5ad with a CSR matrix for streaming"
         )
-    viewable = (
-        sp.issparse(matrix)
-        and matrix.dtype == np.float32
-        and matrix.has_canonical_format
-        and np.all(matrix.data != 0)
-    )
+    viewable = sp.issparse(matrix) and matrix.dtype == np.float32 and matrix.has_canonical_format
     for start in range(0, matrix.shape[0], chunk_size):
         stop = min(start + chunk_size, matrix.shape[0])
         if viewable:
             begin, end = matrix.indptr[start], matrix.indptr[stop]
             indptr = (matrix.indptr[start : stop + 1] - begin).astype(matrix.indices.dtype)
             parts = (matrix.data[begin:end], matrix.indices[begin:end], indptr)
-            yield start, sp.csr_matrix(parts, shape=(stop - start, matrix.shape[1]), copy=False)
-            continue
-        rows = matrix[start:stop]
-        chunk = sp.csr_matrix(rows if sp.issparse(rows) else np.asarray(rows), dtype=np.float32)
-        chunk.sum_duplicates()
+            chunk = sp.csr_matrix(parts, shape=(stop - start, matrix.shape[1]), copy=False)
+            if np.all(chunk.data):
+                yield start, chunk
+                continue
+            chunk = chunk.copy()
+        else:
+            rows = matrix[start:stop]
+            chunk = sp.csr_matrix(rows if sp.issparse(rows) else np.asarray(rows), dtype=np.float32)
+            chunk.sum_duplicates()
         chunk.eliminate_zeros()
         yield start, chunk
 

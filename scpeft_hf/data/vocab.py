@@ -35,6 +35,10 @@ def strip_ensembl_version(name: str) -> str:
     return found.group(1) if found else name
 
 
+def _strip_ensembl_versions(names: pd.Series) -> pd.Series:
+    return names.str.replace(ENSEMBL_ID, r"\1", regex=True)
+
+
 @dataclass
 class GeneMatch:
     """Result of :meth:`GeneVocab.match`: one token id per `var` entry (-1 where unmatched) and a report."""
@@ -42,7 +46,6 @@ class GeneMatch:
     gene_names: np.ndarray
     token_ids: np.ndarray
     match_kind: np.ndarray
-    vocab_size: int
     unmatched_by_expression: list[str] = field(default_factory=list)
     n_collisions: int = 0
 
@@ -162,7 +165,7 @@ class GeneVocab:
 
     def lookup(self, names: list[str] | np.ndarray) -> np.ndarray:
         """Case-exact ids for a list of names, -1 where absent."""
-        return np.array([self.token_to_id.get(name, -1) for name in names], dtype=np.int64)
+        return pd.Series(names, dtype=object).map(self.token_to_id).fillna(-1).to_numpy(dtype=np.int64)
 
     def match(
         self,
@@ -196,7 +199,6 @@ class GeneVocab:
             gene_names=names,
             token_ids=token_ids,
             match_kind=match_kind,
-            vocab_size=len(self),
             unmatched_by_expression=_unmatched_by_expression(adata, names, token_ids < 0),
             n_collisions=int((collided & (token_ids < 0)).sum()),
         )
@@ -216,7 +218,7 @@ class GeneVocab:
     ) -> pd.DataFrame:
         """Token id each matching rule proposes for each name (-1: none)."""
         vocab = pd.Series(self.token_to_id, dtype=np.int64)
-        stripped = names.map(strip_ensembl_version)
+        stripped = _strip_ensembl_versions(names)
         upper = pd.Series(vocab.to_numpy(), index=vocab.index.str.upper())
         unique_upper = upper[~upper.index.duplicated(keep=False)]
         proposals = {
@@ -266,7 +268,7 @@ def read_gene_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
             f"select them first, e.g. table[['gene_id', 'gene_name']]"
         )
     table = table.dropna().astype(str)
-    first, second = (table.iloc[:, column].map(strip_ensembl_version) for column in (0, 1))
+    first, second = (_strip_ensembl_versions(table.iloc[:, column]) for column in (0, 1))
     return pd.concat(
         [pd.DataFrame({"name": first, "alias": second}), pd.DataFrame({"name": second, "alias": first})],
         ignore_index=True,
