@@ -6,6 +6,8 @@ Writes `benchmarks/results/peft_vs_full.md` and `.json`.
 
     python benchmarks/peft_vs_full.py --device cpu --steps 3
     python benchmarks/peft_vs_full.py --device cuda --steps 20
+
+By default every method runs twice, without and with activation checkpointing of the encoder layers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ METHODS = ("full", "encoder_adapter", "token_adapter", "prefix_adapter", "lora")
 NUM_LABELS = 10
 
 
-def build_model(method: str, device: str):
+def build_model(method: str, device: str, checkpointing: bool):
     import torch
     from peft import get_peft_model
 
@@ -44,6 +46,9 @@ def build_model(method: str, device: str):
     torch.manual_seed(0)
     config = ScGPTConfig(num_labels=NUM_LABELS)
     model = ScGPTForCellClassification(config).to(device)
+    if checkpointing:
+        # non-reentrant: frozen embeddings give the first layer an input without grad
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_configs = {
         "encoder_adapter": EncoderAdapterConfig,
         "token_adapter": TokenAdapterConfig,
@@ -55,8 +60,25 @@ def build_model(method: str, device: str):
     return model, config
 
 
+def cell_batch(config, batch_size: int, seq_len: int, device: str, seed: int = 1) -> tuple[dict, object]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, config.vocab_size - 3, (batch_size, seq_len), generator=generator)
+    input_ids[:, 0] = config.cls_token_id
+    values = torch.randint(1, config.n_bins, (batch_size, seq_len), generator=generator).float()
+    values[:, 0] = 0
+    batch = {
+        "input_ids": input_ids.to(device),
+        "values": values.to(device),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+    }
+    labels = torch.randint(0, NUM_LABELS, (batch_size,), generator=generator).to(device)
+    return batch, labels
+
+
 def backward_reach(model, batch: dict) -> str:
-    """Where backpropagation starts below: the lowest encoder layer whose output needs a gradient."""
+    """The encoder layers whose outputs need a gradient, i.e. how far down backpropagation runs."""
     import torch
 
     layers = next(
@@ -79,13 +101,15 @@ def backward_reach(model, batch: dict) -> str:
     return f"{layer_span}{' + gene embedding' if embedding else ''}"
 
 
-def worker(method: str, device: str, steps: int, warmup: int, batch_size: int, seq_len: int) -> dict:
+def worker(
+    method: str, device: str, checkpointing: bool, steps: int, warmup: int, batch_size: int, seq_len: int
+):
     import torch
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model, config = build_model(method, device)
+    model, config = build_model(method, device, checkpointing)
     model.train()
     total = sum(p.numel() for p in model.parameters())
     trainable_parameters = [p for p in model.parameters() if p.requires_grad]
@@ -93,49 +117,43 @@ def worker(method: str, device: str, steps: int, warmup: int, batch_size: int, s
     # the frozen original head that peft keeps next to the trained copy is not part of the model's size
     head_copy = sum(p.numel() for n, p in model.named_parameters() if "original_module" in n)
     optimizer = torch.optim.AdamW(trainable_parameters, lr=1e-4)
-
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(0, config.vocab_size - 3, (batch_size, seq_len), generator=generator)
-    input_ids[:, 0] = config.cls_token_id
-    values = torch.randint(1, config.n_bins, (batch_size, seq_len), generator=generator).float()
-    values[:, 0] = 0
-    batch = {
-        "input_ids": input_ids.to(device),
-        "values": values.to(device),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
-    }
-    labels = torch.randint(0, NUM_LABELS, (batch_size,), generator=generator).to(device)
-    reach = backward_reach(model, batch)
+    batch, labels = cell_batch(config, batch_size, seq_len, device)
 
     def synchronize():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    step_times = []
+    wall_times, cpu_times = [], []
     for step in range(warmup + steps):
         synchronize()
-        start = time.perf_counter()
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         model(**batch, labels=labels).loss.backward()
         optimizer.step()
         synchronize()
         if step >= warmup:
-            step_times.append(time.perf_counter() - start)
+            wall_times.append(time.perf_counter() - wall_start)
+            cpu_times.append(time.process_time() - cpu_start)
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    # measured after the peak, on a small batch: which layers backpropagation runs through
+    reach = backward_reach(model, cell_batch(config, 1, 16, device)[0])
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
         weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
         file_bytes = (Path(directory) / weights).stat().st_size
     return {
         "method": method,
+        "checkpointing": checkpointing,
         "trainable_params": trainable,
         "model_params": total - head_copy,
         "trainable_percent": 100 * trainable / (total - head_copy),
         "file_bytes": file_bytes,
-        "step_times_s": step_times,
-        "median_step_s": statistics.median(step_times),
+        "step_wall_s": wall_times,
+        "step_cpu_s": cpu_times,
+        "median_step_s": statistics.median(wall_times),
+        "median_step_cpu_s": statistics.median(cpu_times),
         "baseline_rss_mb": baseline_rss_mb,
         "peak_rss_mb": peak_rss_mb,
         "cuda_peak_mb": cuda_peak_mb,
@@ -143,7 +161,7 @@ def worker(method: str, device: str, steps: int, warmup: int, batch_size: int, s
     }
 
 
-def run_method(method: str, args: argparse.Namespace) -> dict:
+def run_method(method: str, checkpointing: bool, args: argparse.Namespace) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -151,6 +169,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         method,
         "--device",
         args.device,
+        "--checkpointing",
+        "on" if checkpointing else "off",
         "--steps",
         str(args.steps),
         "--warmup",
@@ -170,16 +190,57 @@ def memory_mb(row: dict, device: str) -> float:
     return row["cuda_peak_mb"] if device == "cuda" else row["peak_rss_mb"]
 
 
+def results_table(rows: list[dict], device: str) -> list[str]:
+    full = next((row for row in rows if row["method"] == "full"), None)
+    memory_label = "CUDA max allocated (MiB)" if device == "cuda" else "peak RSS (MiB)"
+    cpu_columns = " median step CPU time (s) |" if device == "cpu" else ""
+    lines = [
+        f"| method | trainable params | % of model | saved file | median step (s) |{cpu_columns} {memory_label} | "
+        "memory / full | step / full | backward reaches |",
+        "|---|---:|---:|---:|---:|" + ("---:|" if device == "cpu" else "") + "---:|---:|---:|---|",
+    ]
+    for row in rows:
+        memory = memory_mb(row, device)
+        memory_ratio = f"{memory / memory_mb(full, device):.2f}" if full else "-"
+        step_ratio = f"{row['median_step_s'] / full['median_step_s']:.2f}" if full else "-"
+        cpu_cell = f" {row['median_step_cpu_s']:.2f} |" if device == "cpu" else ""
+        lines.append(
+            f"| {row['method']} | {row['trainable_params']:,} | {row['trainable_percent']:.2f}% | "
+            f"{row['file_bytes'] / 2**20:.2f} MiB | {row['median_step_s']:.2f} |{cpu_cell} {memory:,.0f} | "
+            f"{memory_ratio} | {step_ratio} | {row['backward_reaches']} |"
+        )
+    return lines
+
+
+def target_lines(rows: list[dict], full: dict | None, device: str, label: str) -> list[str]:
+    if full is None:
+        return []
+    lines = []
+    for row in rows:
+        if row["method"] == "full":
+            continue
+        memory_ok = memory_mb(row, device) <= 0.5 * memory_mb(full, device)
+        speed_ok = row["median_step_s"] <= full["median_step_s"]
+        cpu_ok = row["median_step_cpu_s"] <= full["median_step_cpu_s"]
+        speed = f"{'yes' if speed_ok else 'NO'}" + (
+            f" (CPU time: {'yes' if cpu_ok else 'NO'})" if device == "cpu" else ""
+        )
+        lines.append(
+            f"- {row['method']} ({label}): memory <= 0.5x full: {'yes' if memory_ok else 'NO'} "
+            f"({memory_mb(row, device) / memory_mb(full, device):.2f}x); step no slower than full: {speed}"
+        )
+    return lines
+
+
 def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) -> None:
     import torch
 
-    full = next((row for row in rows if row["method"] == "full"), None)
-    memory_label = "CUDA max allocated (MiB)" if args.device == "cuda" else "peak RSS (MiB)"
+    settings = [False, True] if args.checkpointing == "both" else [args.checkpointing == "on"]
     lines = [
         "# Full fine-tuning vs. scPEFT methods at scGPT-human size",
         "",
         f"Command: `python benchmarks/peft_vs_full.py --device {args.device} --steps {args.steps} "
-        f"--warmup {args.warmup} --methods {','.join(args.methods)}`",
+        f"--warmup {args.warmup} --checkpointing {args.checkpointing} --methods {','.join(args.methods)}`",
         "",
         f"Setup: random scGPT-human weights (d 512, 12 layers, 8 heads, vocab 60,697), {NUM_LABELS}-class "
         f"`cls_decoder`, AdamW (lr 1e-4) on the trainable parameters, batch {args.batch_size} x {args.seq_len} "
@@ -188,64 +249,63 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
         "layers 0-5; token: bottleneck 512 on the value embedding; prefix: 8 tokens on layers 0-5; LoRA: r 8, "
         "alpha 1 on query/value of layers 0-5); every method trains and saves the head.",
         "",
-        f"Environment: {environment['device']}, torch {torch.__version__}, {environment['threads']} CPU threads, "
+        f"Environment: {environment['device']}, torch {torch.__version__}, {environment['threads']} threads, "
         f"Python {platform.python_version()}.",
-        "",
-        f"| method | trainable params | % of model | saved file | median step (s) | {memory_label} | "
-        "memory / full | step / full | backward reaches |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for row in rows:
-        memory = memory_mb(row, args.device)
-        memory_ratio = f"{memory / memory_mb(full, args.device):.2f}" if full else "-"
-        step_ratio = f"{row['median_step_s'] / full['median_step_s']:.2f}" if full else "-"
-        lines.append(
-            f"| {row['method']} | {row['trainable_params']:,} | {row['trainable_percent']:.2f}% | "
-            f"{row['file_bytes'] / 2**20:.2f} MiB | {row['median_step_s']:.3f} | {memory:,.0f} | {memory_ratio} | "
-            f"{step_ratio} | {row['backward_reaches']} |"
-        )
-    if full:
-        lines += ["", "## Targets", ""]
-        for row in rows:
-            if row is full:
-                continue
-            memory_ok = memory_mb(row, args.device) <= 0.5 * memory_mb(full, args.device)
-            speed_ok = row["median_step_s"] <= full["median_step_s"]
-            lines.append(
-                f"- {row['method']}: memory <= 0.5x full: {'yes' if memory_ok else 'NO'}; "
-                f"step no slower than full: {'yes' if speed_ok else 'NO'}"
-            )
-        if args.device == "cpu":
+    targets = []
+    for checkpointing in settings:
+        subset = [row for row in rows if row["checkpointing"] == checkpointing]
+        full = next((row for row in subset if row["method"] == "full"), None)
+        label = "activation checkpointing" if checkpointing else "no checkpointing"
+        lines += ["", f"## {label.capitalize()}", "", *results_table(subset, args.device)]
+        if args.device == "cpu" and full:
+            extra_full = full["peak_rss_mb"] - full["baseline_rss_mb"]
             lines += [
                 "",
-                "Peak RSS includes the Python process with torch, transformers and peft imported "
-                f"({full['baseline_rss_mb']:,.0f} MiB before the model is built). Above that baseline:",
-                "",
+                f"Peak RSS includes the process with torch, transformers and peft imported "
+                f"({full['baseline_rss_mb']:,.0f} MiB before the model is built). Above that: "
+                + "; ".join(
+                    f"{row['method']} {row['peak_rss_mb'] - row['baseline_rss_mb']:,.0f} MiB "
+                    f"({(row['peak_rss_mb'] - row['baseline_rss_mb']) / extra_full:.2f}x)"
+                    for row in subset
+                )
+                + ".",
             ]
-            full_extra = full["peak_rss_mb"] - full["baseline_rss_mb"]
-            for row in rows:
-                extra = row["peak_rss_mb"] - row["baseline_rss_mb"]
-                lines.append(f"- {row['method']}: {extra:,.0f} MiB ({extra / full_extra:.2f}x full)")
+        targets += target_lines(subset, full, args.device, label)
+    if targets:
+        lines += [
+            "",
+            "## Targets (PEFT peak memory <= 0.5x full fine-tuning; PEFT step no slower)",
+            "",
+            *targets,
+        ]
     lines += [
         "",
         "## Notes",
         "",
-        "- Full fine-tuning keeps gradients and two AdamW states for every weight, including the 31.1M-parameter "
-        "gene embedding (its gradient is dense): about 4 x 4 bytes x 50.8M = 775 MiB before activations. The "
-        "PEFT methods keep those only for the adapter and the head.",
+        "- Full fine-tuning keeps a gradient and two AdamW states for every weight, including the 31.1M-parameter "
+        "gene embedding (its gradient is dense): 3 x 4 bytes x 50.8M = 580 MiB on top of the 194 MiB of weights. "
+        "The PEFT methods keep those only for the adapter and the head.",
+        "- Without checkpointing, activations dominate at batch 8 x 512: every method saves each layer's "
+        "activations for backward, and attention dropout (0.2) makes PyTorch's SDPA use its math kernel, which "
+        "keeps the [8, 8, 512, 512] attention probabilities and dropout masks. Frozen weights let the PEFT methods "
+        "skip saving the inputs of frozen Linear layers, but the attention maps remain, so their peak memory "
+        "cannot fall to half of full fine-tuning. Activation checkpointing keeps one layer's activations at a "
+        "time; then weights and optimiser states dominate and the PEFT methods need a fraction of full "
+        "fine-tuning's memory.",
         "- Backpropagation stops by itself below the lowest module that needs a gradient: frozen embeddings get "
-        "none, and frozen weights get no weight gradient. The 'backward reaches' column names the encoder layers "
-        "whose outputs need a gradient. scPEFT places every method at the bottom of the stack (adapters, prefix "
-        "and LoRA on layers 0-5, the token adapter on the input embedding), so backpropagation still runs "
-        "through all 12 layers; the saving comes from skipping weight gradients and optimiser states, not from "
-        "a shorter backward pass. Placing adapters on the upper half instead (layers_to_transform=[6..11]) would "
-        "stop backpropagation at layer 6 and roughly halve the backward cost, at the price of departing from "
-        "the paper's placement; the token adapter has no such option because it sits at the input.",
+        "none, and frozen weights get no weight gradient. 'backward reaches' lists the encoder layers whose "
+        "outputs need a gradient. scPEFT places every method at the bottom of the stack (adapters, prefix and "
+        "LoRA on layers 0-5, the token adapter on the input embedding), so backpropagation still runs through all "
+        "12 layers; the saving comes from skipping weight gradients and optimiser states, not from a shorter "
+        "backward pass. Adapting the upper half instead (layers_to_transform=[6, ..., 11]) would stop "
+        "backpropagation at layer 6 and roughly halve the backward pass, at the price of departing from the "
+        "paper's placement; the token adapter has no such choice because it sits at the input.",
     ]
     if args.device == "cpu":
         lines.append(
-            "- CPU timings come from a machine shared with other jobs (2 cores); treat them as indicative and "
-            "compare ratios rather than absolute times."
+            "- CPU timings come from a 2-core machine shared with other jobs: wall times are noisy. Process CPU "
+            "time (summed over threads) is less sensitive to other load and is reported next to them."
         )
     output_dir = REPO_ROOT / "benchmarks" / "results"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -275,13 +335,27 @@ def main() -> None:
         default=list(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)}",
     )
+    parser.add_argument(
+        "--checkpointing",
+        choices=["off", "on", "both"],
+        default="both",
+        help="activation checkpointing of the encoder layers (both: run every method without and with it)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = worker(args.worker, args.device, args.steps, args.warmup, args.batch_size, args.seq_len)
+        result = worker(
+            args.worker,
+            args.device,
+            args.checkpointing == "on",
+            args.steps,
+            args.warmup,
+            args.batch_size,
+            args.seq_len,
+        )
         print(json.dumps(result))
         return
 
@@ -294,15 +368,21 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
     }
+    if args.worker is None and args.checkpointing == "both":
+        settings = [False, True]
+    else:
+        settings = [args.checkpointing == "on"]
     rows = []
-    for method in args.methods:
-        row = run_method(method, args)
-        print(
-            f"{method}: {row['trainable_params']:,} trainable ({row['trainable_percent']:.2f}%), "
-            f"median step {row['median_step_s']:.3f} s, memory {memory_mb(row, args.device):,.0f} MiB",
-            flush=True,
-        )
-        rows.append(row)
+    for checkpointing in settings:
+        for method in args.methods:
+            row = run_method(method, checkpointing, args)
+            print(
+                f"{method} (checkpointing {'on' if checkpointing else 'off'}): {row['trainable_params']:,} trainable "
+                f"({row['trainable_percent']:.2f}%), median step {row['median_step_s']:.2f} s "
+                f"(CPU {row['median_step_cpu_s']:.2f} s), memory {memory_mb(row, args.device):,.0f} MiB",
+                flush=True,
+            )
+            rows.append(row)
     write_report(rows, args, environment)
 
 

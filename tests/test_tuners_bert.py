@@ -109,3 +109,17 @@ def test_prefix_widens_berts_square_masks(attn_implementation):
         torch.testing.assert_close(logits_padded[1:2], model(**alone).logits, rtol=0, atol=1e-5)
         with model.disable_adapter():
             assert (model(**padded).logits - logits_padded).abs().max() > 1e-4
+
+
+def test_prefix_slots_are_stripped_from_berts_recorded_hidden_states_and_attentions():
+    # BERT records hidden states and attention maps with hooks on its layers, outside the wrapped encoder
+    batch = gene_batch()
+    model = get_peft_model(tiny_bert("eager"), PrefixAdapterConfig(num_tokens=3, init_weights=False))
+    with torch.no_grad():
+        output = model(**batch, output_hidden_states=True, output_attentions=True)
+        with model.disable_adapter():
+            base = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert [h.shape[1] for h in output.hidden_states] == [9] * 5
+    assert [a.shape[-2:] for a in output.attentions] == [(9, 9)] * 4
+    assert torch.equal(output.hidden_states[0], base.hidden_states[0])  # the embeddings
+    assert not torch.allclose(output.hidden_states[1], base.hidden_states[1])

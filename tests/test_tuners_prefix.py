@@ -114,6 +114,7 @@ def test_unload_detaches_the_prefix_completely():
     unloaded = model.unload()
     assert type(unloaded.scgpt.encoder).__name__ == "ScGPTEncoder"
     assert all(not layer._forward_pre_hooks for layer in unloaded.scgpt.encoder.layer)
+    assert not unloaded._forward_hooks
     with torch.no_grad():
         assert torch.equal(unloaded(**batch).logits, base_output)
 

@@ -420,6 +420,13 @@ def test_adapter_on_a_base_model_of_another_hidden_size_is_rejected(method, tmp_
         PeftModel.from_pretrained(other_width, tmp_path)
 
 
+def test_lora_on_a_base_model_of_another_hidden_size_fails_in_peft(tmp_path):
+    # LoRA is peft's own config, which records no hidden size: peft's loader reports the shape mismatch
+    get_peft_model(tiny_scgpt(), method_config("lora")).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match=r"size mismatch for .*lora_A.*torch.Size\(\[8, 32\]\)"):
+        PeftModel.from_pretrained(tiny_scgpt(hidden_size=16), tmp_path)
+
+
 def test_unknown_model_type_needs_explicit_targets():
     class Plain(torch.nn.Module):
         def __init__(self):

@@ -2,7 +2,8 @@
 
 Forward pre-hooks on the stack's layers insert the tokens (first targeted layer), overwrite them (later
 targeted layers) and widen the attention mask (every layer from the first targeted one on); the wrapper strips
-the slots from the stack's outputs. The hooks run before each layer's `forward`, outside transformers'
+the slots from the stack's outputs, and a forward hook on the model from the hidden states and attention maps it
+returns. The hooks run before each layer's `forward`, outside transformers'
 gradient-checkpointing region, so checkpointed layers recompute from the already widened inputs.
 """
 
@@ -109,6 +110,7 @@ class PrefixAdapterLayer(nn.Module, WrapsBlockMixin):
             layer.register_forward_pre_hook(partial(self._before_layer, index), with_kwargs=True)
             for index, layer in enumerate(layers)
         ]
+        self._last_widening: tuple[int, int] | None = None
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -175,12 +177,31 @@ class PrefixAdapterLayer(nn.Module, WrapsBlockMixin):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         prefix = self._active_prefix()
+        self._last_widening = None
         output = self.base_layer(*args, **kwargs)
         if prefix is None:
             return output
         hidden = args[0] if args else kwargs["hidden_states"]
         num_tokens = prefix[0].shape[1]
-        return strip_prefix(output, hidden.shape[1] + num_tokens, num_tokens)
+        self._last_widening = (hidden.shape[1] + num_tokens, num_tokens)
+        return strip_prefix(output, *self._last_widening)
+
+    def watch_model_outputs(self, model: nn.Module) -> None:
+        """Also strip the slots from the hidden states and attention maps that `model` returns.
+
+        transformers' BERT records them with hooks on its layers, outside the wrapped stack, so they would still
+        contain the prefix slots; scGPT collects them inside the stack, where `forward` already strips them.
+        """
+        self._hook_handles.append(model.register_forward_hook(self._strip_model_outputs))
+
+    def _strip_model_outputs(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        widening, self._last_widening = getattr(self, "_last_widening", None), None
+        if widening is None or not isinstance(output, ModelOutput):
+            return None
+        for key, value in list(output.items()):
+            if "hidden_states" in key or "attentions" in key:
+                output[key] = strip_prefix(value, *widening, key)
+        return output
 
     def remove_hooks(self) -> None:
         for handle in self._hook_handles:

@@ -80,6 +80,7 @@ class PrefixAdapterModel(BlockTuner):
         new_module = PrefixAdapterLayer(
             target, adapter_name, peft_config, hidden_size=peft_config.model_hidden_size
         )
+        new_module.watch_model_outputs(self.model)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
