@@ -18,8 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scpeft_hf.models.scgpt import ScGPTConfig, ScGPTForMaskedExpressionModeling, ScGPTModel  # noqa: E402
-from scpeft_hf.models.scgpt import convert_scgpt_checkpoint  # noqa: E402
+from scpeft_hf.models.scgpt import (  # noqa: E402
+    ScGPTConfig,
+    ScGPTForMaskedExpressionModeling,
+    ScGPTModel,
+    convert_scgpt_checkpoint,  # noqa: E402
+)
 from tests.test_scgpt_convert import (  # noqa: E402
     SMALL_ARGS,
     cell_batch,
@@ -34,7 +38,9 @@ def parity(device: str) -> dict:
     reference = official_model(SMALL_ARGS, vocab).eval()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        convert_scgpt_checkpoint(write_official_folder(folder / "o", reference, SMALL_ARGS, vocab), folder / "hf")
+        convert_scgpt_checkpoint(
+            write_official_folder(folder / "o", reference, SMALL_ARGS, vocab), folder / "hf"
+        )
         ours = ScGPTForMaskedExpressionModeling.from_pretrained(folder / "hf").to(device).eval()
     reference.to(device)
     ids, values, padding = (t.to(device) for t in cell_batch(vocab))
@@ -89,7 +95,9 @@ def human_size(device: str, batch: int, length: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=1200)
@@ -106,14 +114,28 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scgpt_gpu.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# scGPT port on {result['device']} (torch {result['torch']})", "", "## Parity with official (fp32)", ""]
+    lines = [
+        f"# scGPT port on {result['device']} (torch {result['torch']})",
+        "",
+        "## Parity with official (fp32)",
+        "",
+    ]
     lines += ["| attention | tokens | cell embedding | expression | MVC |", "|---|---|---|---|---|"]
     for name, diffs in result["parity_fp32_max_abs"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{diffs[k]:.2e}" for k in ("tokens", "cell_embedding",
-                                                                              "expression", "mvc")) + " |")
-    lines += ["", f"## scGPT-human size, batch {args.batch} x {args.length} genes (half padded), bf16 autocast", ""]
-    lines += [f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value:,}"
-              for key, value in result["scgpt_human_size"].items()]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{diffs[k]:.2e}" for k in ("tokens", "cell_embedding", "expression", "mvc"))
+            + " |"
+        )
+    lines += [
+        "",
+        f"## scGPT-human size, batch {args.batch} x {args.length} genes (half padded), bf16 autocast",
+        "",
+    ]
+    lines += [
+        f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value:,}"
+        for key, value in result["scgpt_human_size"].items()
+    ]
     (out / "scgpt_gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the bundled pbmc68k_reduced cells outside the demo's test split (reproduces scpeft_hf/assets/scgpt-demo).",
     )
     pretrain.add_argument("--out", required=True, help="folder to write the backbone to")
-    pretrain.add_argument("--epochs", type=int, default=60, help="pretraining epochs (default 60)")
+    pretrain.add_argument("--epochs", type=int, default=100, help="pretraining epochs (default 100)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pretrain.set_defaults(handler=_pretrain)

@@ -65,6 +65,22 @@ class AnnotationResult:
     label_names: list[str]
 
 
+class AnnotationTrainer(Trainer):
+    """`Trainer` that evaluates with the collator in eval mode: long cells keep a fixed gene subset per cell
+    instead of a fresh random one each evaluation, so validation metrics are comparable across epochs."""
+
+    def __init__(self, *args, eval_data_collator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
 def check_labels(adata: ad.AnnData, label_key: str) -> None:
     if label_key not in adata.obs:
         raise KeyError(
@@ -152,7 +168,7 @@ def train_annotation(
         trainable, total = count_parameters(model)
         logger.info("%s: %s trainable of %s parameters", method, f"{trainable:,}", f"{total:,}")
 
-        trainer = Trainer(
+        trainer = AnnotationTrainer(
             model=model,
             args=TrainingArguments(
                 output_dir=str(staging / "checkpoints"),
@@ -181,6 +197,7 @@ def train_annotation(
             train_dataset=datasets["train"],
             eval_dataset=datasets["validation"],
             data_collator=make_collator(processor, train=True),
+            eval_data_collator=make_collator(processor, train=False),
             compute_metrics=compute_metrics,
             callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
         )

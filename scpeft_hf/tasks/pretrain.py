@@ -56,7 +56,7 @@ def demo_data() -> ad.AnnData:
 
 def pretrain_demo_backbone(
     out_dir: str | Path,
-    epochs: int = 60,
+    epochs: int = 100,
     seed: int = 0,
     mask_probability: float = 0.4,
     learning_rate: float = 1e-3,
@@ -86,7 +86,7 @@ def pretrain_demo_backbone(
         **DEMO_ARCHITECTURE,
         architectures=["ScGPTForMaskedExpressionModeling"],
     )
-    processor = ScGPTProcessor(vocab, input_kind="counts", max_length=config.max_seq_len, seed=seed)
+    processor = ScGPTProcessor(vocab, input_kind="auto", max_length=config.max_seq_len, seed=seed)
     dataset = processor(cells)
     torch.manual_seed(seed)
     model = ScGPTForMaskedExpressionModeling(config)
@@ -133,6 +133,7 @@ def pretrain_demo_backbone(
             seed=seed,
             final_loss=f"{result.training_loss:.4f}",
             seconds=f"{seconds:.0f}",
+            device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
             architecture=json.dumps(DEMO_ARCHITECTURE),
         )
         (staging / "README.md").write_text(card)
