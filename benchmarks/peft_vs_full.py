@@ -30,7 +30,7 @@ METHODS = ("full", "encoder_adapter", "token_adapter", "prefix_adapter", "lora")
 NUM_LABELS = 10
 
 
-def build_model(method: str, device: str, checkpointing: bool):
+def build_model(method: str, device: str, checkpointing: bool, attention_dropout: float | None = None):
     import torch
     from peft import get_peft_model
 
@@ -45,10 +45,16 @@ def build_model(method: str, device: str, checkpointing: bool):
 
     torch.manual_seed(0)
     config = ScGPTConfig(num_labels=NUM_LABELS)
+    if attention_dropout is not None:
+        config.attention_probs_dropout_prob = attention_dropout
     model = ScGPTForCellClassification(config).to(device)
     if checkpointing:
         # non-reentrant: frozen embeddings give the first layer an input without grad
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers before the rename
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     peft_configs = {
         "encoder_adapter": EncoderAdapterConfig,
         "token_adapter": TokenAdapterConfig,
@@ -102,14 +108,21 @@ def backward_reach(model, batch: dict) -> str:
 
 
 def worker(
-    method: str, device: str, checkpointing: bool, steps: int, warmup: int, batch_size: int, seq_len: int
+    method: str,
+    device: str,
+    checkpointing: bool,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    seq_len: int,
+    attention_dropout: float | None = None,
 ):
     import torch
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model, config = build_model(method, device, checkpointing)
+    model, config = build_model(method, device, checkpointing, attention_dropout)
     model.train()
     total = sum(p.numel() for p in model.parameters())
     trainable_parameters = [p for p in model.parameters() if p.requires_grad]
@@ -180,6 +193,8 @@ def run_method(method: str, checkpointing: bool, args: argparse.Namespace) -> di
         "--seq-len",
         str(args.seq_len),
     ]
+    if args.attention_dropout is not None:
+        command += ["--attention-dropout", str(args.attention_dropout)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{result.stderr[-4000:]}")
@@ -240,11 +255,16 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
         "# Full fine-tuning vs. scPEFT methods at scGPT-human size",
         "",
         f"Command: `python benchmarks/peft_vs_full.py --device {args.device} --steps {args.steps} "
-        f"--warmup {args.warmup} --checkpointing {args.checkpointing} --methods {','.join(args.methods)}`",
+        f"--warmup {args.warmup} --checkpointing {args.checkpointing} --methods {','.join(args.methods)}"
+        + (f" --attention-dropout {args.attention_dropout}" if args.attention_dropout is not None else "")
+        + (f" --tag {args.tag}" if args.tag else "")
+        + "`",
         "",
         f"Setup: random scGPT-human weights (d 512, 12 layers, 8 heads, vocab 60,697), {NUM_LABELS}-class "
         f"`cls_decoder`, AdamW (lr 1e-4) on the trainable parameters, batch {args.batch_size} x {args.seq_len} "
-        f"genes without padding, dropout 0.2, {args.warmup} warm-up step(s) then {args.steps} timed step(s). "
+        f"genes without padding, dropout 0.2 (attention dropout "
+        f"{0.2 if args.attention_dropout is None else args.attention_dropout}), {args.warmup} warm-up step(s) "
+        f"then {args.steps} timed step(s). "
         "Each method runs in a fresh process. Adapters use the config defaults (encoder: bottleneck 128 on "
         "layers 0-5; token: bottleneck 512 on the value embedding; prefix: 8 tokens on layers 0-5; LoRA: r 8, "
         "alpha 1 on query/value of layers 0-5); every method trains and saves the head.",
@@ -286,13 +306,17 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
         "- Full fine-tuning keeps a gradient and two AdamW states for every weight, including the 31.1M-parameter "
         "gene embedding (its gradient is dense): 3 x 4 bytes x 50.8M = 580 MiB on top of the 194 MiB of weights. "
         "The PEFT methods keep those only for the adapter and the head.",
-        "- Without checkpointing, activations dominate at batch 8 x 512: every method saves each layer's "
-        "activations for backward, and attention dropout (0.2) makes PyTorch's SDPA use its math kernel, which "
-        "keeps the [8, 8, 512, 512] attention probabilities and dropout masks. Frozen weights let the PEFT methods "
-        "skip saving the inputs of frozen Linear layers, but the attention maps remain, so their peak memory "
-        "cannot fall to half of full fine-tuning. Activation checkpointing keeps one layer's activations at a "
-        "time; then weights and optimiser states dominate and the PEFT methods need a fraction of full "
-        "fine-tuning's memory.",
+        "- What the PEFT methods cannot save: the frozen weights (194 MiB) and the activations of every layer "
+        "that backpropagation runs through. Frozen weights only spare the inputs of frozen Linear layers; "
+        "LayerNorm, activation-function and attention tensors are kept as in full fine-tuning. With attention "
+        "dropout (0.2), CPU SDPA runs its math kernel, which keeps the [batch, heads, L, L] attention "
+        "probabilities and dropout masks (64 MiB each per layer at 8 x 8 x 512 x 512); GPU SDPA's flash and "
+        "memory-efficient kernels keep none. Activation checkpointing keeps only each layer's input and "
+        "recomputes one layer at a time, which shifts the balance towards weights and optimiser states.",
+        "- Peak RSS also counts memory that glibc's malloc keeps after tensors are freed: its mmap threshold "
+        "grows to 32 MiB, so the many 8 MiB activation tensors come from the heap and are not returned. Run with "
+        "`MALLOC_MMAP_THRESHOLD_=1048576` in the environment (the workers inherit it) to make RSS follow the "
+        "live memory more closely, at some cost in speed.",
         "- Backpropagation stops by itself below the lowest module that needs a gradient: frozen embeddings get "
         "none, and frozen weights get no weight gradient. 'backward reaches' lists the encoder layers whose "
         "outputs need a gradient. scPEFT places every method at the bottom of the stack (adapters, prefix and "
@@ -309,9 +333,14 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
         )
     output_dir = REPO_ROOT / "benchmarks" / "results"
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "peft_vs_full.md").write_text("\n".join(lines) + "\n")
-    (output_dir / "peft_vs_full.json").write_text(
-        json.dumps({"settings": vars(args), "environment": environment, "results": rows}, indent=1) + "\n"
+    name = "peft_vs_full" + (f"_{args.tag}" if args.tag else "")
+    (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (output_dir / f"{name}.json").write_text(
+        json.dumps(
+            {"settings": {**vars(args), "from_json": None}, "environment": environment, "results": rows},
+            indent=1,
+        )
+        + "\n"
     )
 
 
@@ -341,10 +370,27 @@ def main() -> None:
         default="both",
         help="activation checkpointing of the encoder layers (both: run every method without and with it)",
     )
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=None,
+        help="override scGPT's attention dropout (0.2); 0 lets CPU SDPA use its flash kernel",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. 'attn-dropout-0'")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-json", type=Path, help="rewrite the Markdown report from a results JSON written earlier"
+    )
     args = parser.parse_args()
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        defaults = {"attention_dropout": None, "tag": ""}  # settings added after the first results
+        saved_args = argparse.Namespace(**{**defaults, **saved["settings"], "from_json": None})
+        write_report(saved["results"], saved_args, saved["environment"])
+        return
 
     if args.worker:
         result = worker(
@@ -355,6 +401,7 @@ def main() -> None:
             args.warmup,
             args.batch_size,
             args.seq_len,
+            args.attention_dropout,
         )
         print(json.dumps(result))
         return

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
@@ -215,8 +215,7 @@ class BottleneckAdapterLayer(nn.Module, WrapsBlockMixin):
             setattr(self, name, nn.ModuleDict())
         self._disable_adapters = False
         self.merged_adapters = []
-        in_features, _ = _get_in_out_features(base_layer) if _has_known_width(base_layer) else (None, None)
-        self.in_features = in_features if in_features is not None else feature_size
+        self.in_features = input_width(base_layer, default=feature_size)
         self.out_features = feature_size
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
@@ -276,8 +275,15 @@ class BottleneckAdapterLayer(nn.Module, WrapsBlockMixin):
         return f"{self.adapter_layer_names[0].removesuffix('down')}{super().__repr__()}"
 
 
-def _has_known_width(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | nn.Embedding | Conv1D)
+def input_width(module: nn.Module, default: int) -> int:
+    """`in_features` as peft reports it (vocabulary size for embeddings); `default` for other modules."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0]
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings
+    return default
 
 
 def _split_output(output: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
