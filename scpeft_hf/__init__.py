@@ -3,7 +3,20 @@
 Importing the package registers its models with transformers' Auto classes and its tuners with peft.
 """
 
-from .data import GeneMatch, GeneVocab, ScGPTDataCollator, ScGPTProcessor
+from .data import (
+    GeneformerDataCollator,
+    GeneformerProcessor,
+    GeneMatch,
+    GeneVocab,
+    ScGPTDataCollator,
+    ScGPTProcessor,
+)
+from .models.geneformer import (
+    GeneformerForCellClassification,
+    GeneformerModel,
+    geneformer_config,
+    load_geneformer,
+)
 from .models.scgpt import (
     ScGPTConfig,
     ScGPTForCellClassification,
@@ -24,6 +37,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EncoderAdapterConfig",
+    "GeneformerDataCollator",
+    "GeneformerForCellClassification",
+    "GeneformerModel",
+    "GeneformerProcessor",
     "PrefixAdapterConfig",
     "GeneMatch",
     "GeneVocab",
@@ -36,6 +53,8 @@ __all__ = [
     "ScGPTPreTrainedModel",
     "ScPeftType",
     "TokenAdapterConfig",
+    "geneformer_config",
+    "load_geneformer",
     "paper_config",
     "scpeft_lora_config",
 ]

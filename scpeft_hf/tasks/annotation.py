@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from peft import PeftModel
 from transformers import (
-    AutoModelForSequenceClassification,
     EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
@@ -24,7 +23,7 @@ from transformers import (
 )
 
 from ..models.fingerprint import backbone_fingerprint
-from .backbones import describe_preprocessing, load_processor, make_collator, resolve_base
+from .backbones import describe_preprocessing, load_classifier, load_processor, make_collator, resolve_base
 from .card import render_adapter_card
 from .inference import run_model
 from .methods import METHODS, PEFT_METHODS, prepare_model
@@ -152,8 +151,9 @@ def train_annotation(
     staging = _staging_dir(out_dir, overwrite)
     try:
         torch.manual_seed(settings.seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = load_classifier(
             base_dir,
+            processor,
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
@@ -292,8 +292,9 @@ def load_annotator(adapter_dir: str | Path, base: str | Path | None = None) -> A
     processor = load_processor(adapter_dir)
     if run_info["method"] in PEFT_METHODS:
         base_dir = resolve_base(base or run_info["base_model"])
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = load_classifier(
             base_dir,
+            processor,
             num_labels=len(run_info["label_names"]),
             id2label=dict(enumerate(run_info["label_names"])),
         )
@@ -306,6 +307,6 @@ def load_annotator(adapter_dir: str | Path, base: str | Path | None = None) -> A
             )
         model = PeftModel.from_pretrained(model, adapter_dir)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+        model = load_classifier(adapter_dir, processor)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return Annotator(model=model, processor=processor, run_info=run_info)

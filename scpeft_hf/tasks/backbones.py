@@ -1,12 +1,25 @@
-"""Which backbone a task runs on, and the matching processor and collator."""
+"""Which backbone a task runs on, and the matching processor, collator and model classes.
+
+The backbone is read from the folder: an adapter folder names its processor in `processor_config.json`
+(`processor_class`), a base folder its architecture in `config.json` (`model_type`: "scgpt", or "bert" for
+Geneformer).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..data import ScGPTDataCollator, ScGPTProcessor
+from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
+from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
+from ..models.geneformer import load_geneformer
 
 DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
+PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": GeneformerProcessor}
+PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
+
+Processor = ScGPTProcessor | GeneformerProcessor
 
 
 def resolve_base(base: str | Path | None) -> Path:
@@ -16,24 +29,83 @@ def resolve_base(base: str | Path | None) -> Path:
         hint = (
             "the embedded demo backbone is missing from this installation; reinstall scpeft-hf"
             if base is None
-            else "pass a folder written by `scpeft-hf convert` or save_pretrained()"
+            else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
         )
         raise FileNotFoundError(f"{folder} has no config.json: {hint}")
     return folder
 
 
-def load_processor(folder: str | Path, **overrides) -> ScGPTProcessor:
+def processor_class(folder: str | Path) -> type[Processor]:
+    """The processor class for `folder`: named in its `processor_config.json`, else by its `model_type`."""
+    folder = Path(folder)
+    processor_config = folder / "processor_config.json"
+    if processor_config.is_file():
+        name = json.loads(processor_config.read_text()).get("processor_class", "ScGPTProcessor")
+        if name not in PROCESSORS:
+            raise ValueError(
+                f"{processor_config} names processor_class {name!r}; known: {', '.join(PROCESSORS)}"
+            )
+        return PROCESSORS[name]
+    model_config = folder / "config.json"
+    model_type = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else "scgpt"
+    if model_type not in PROCESSOR_BY_MODEL_TYPE:
+        raise ValueError(
+            f"{model_config} has model_type {model_type!r}; scpeft-hf runs {', '.join(PROCESSOR_BY_MODEL_TYPE)} "
+            f"(bert = Geneformer)"
+        )
+    return PROCESSOR_BY_MODEL_TYPE[model_type]
+
+
+def load_processor(folder: str | Path, **overrides) -> Processor:
     """The processor saved in `folder` (or derived from its model files); None-valued overrides are ignored."""
-    return ScGPTProcessor.from_pretrained(folder, **{k: v for k, v in overrides.items() if v is not None})
+    return processor_class(folder).from_pretrained(
+        folder, **{k: v for k, v in overrides.items() if v is not None}
+    )
 
 
-def make_collator(processor: ScGPTProcessor, train: bool, **kwargs) -> ScGPTDataCollator:
+def make_collator(processor: Processor, train: bool, **kwargs) -> ScGPTDataCollator | GeneformerDataCollator:
+    if isinstance(processor, GeneformerProcessor):
+        return GeneformerDataCollator.from_processor(processor, training=train, **kwargs)
     return ScGPTDataCollator.from_processor(processor, training=train, **kwargs)
 
 
-def describe_preprocessing(processor: ScGPTProcessor) -> str:
+def load_classifier(folder: str | Path, processor: Processor, **config_overrides) -> PreTrainedModel:
+    """The annotation model in `folder` for the backbone `processor` belongs to (head new unless saved there)."""
+    if isinstance(processor, GeneformerProcessor):
+        return load_geneformer(
+            folder,
+            "classification",
+            dictionary_size=processor.vocab_size,
+            **_geneformer_pooling(processor),
+            **config_overrides,
+        )
+    return AutoModelForSequenceClassification.from_pretrained(folder, **config_overrides)
+
+
+def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
+    """The base model in `folder`, returning cell embeddings (`outputs.cell_embedding`)."""
+    if isinstance(processor, GeneformerProcessor):
+        return load_geneformer(
+            folder, "embedding", dictionary_size=processor.vocab_size, **_geneformer_pooling(processor)
+        )
+    return AutoModel.from_pretrained(folder)
+
+
+def _geneformer_pooling(processor: GeneformerProcessor) -> dict:
+    """Geneformer's default cell embedding: `<cls>` when the cells carry one (V2), else the mean (V1)."""
+    return {"cell_emb_style": "cls" if processor.special_tokens else "mean"}
+
+
+def describe_preprocessing(processor: Processor) -> str:
     """One sentence a model card can show."""
     settings = processor.to_dict()
+    if isinstance(processor, GeneformerProcessor):
+        specials = "`<cls>` … `<eos>`" if settings["special_tokens"] else "no special tokens"
+        return (
+            f"Geneformer rank-value encoding of raw counts: counts / n_counts × {settings['target_sum']:g} / gene "
+            f"median, non-zero genes ranked highest first (ties by token id), at most {settings['max_length']} "
+            f"tokens per cell, {specials}."
+        )
     steps = [f"input `{settings['input_kind']}`"]
     if settings.get("normalize_total"):
         steps.append(f"normalize_total to {settings['normalize_total']:g}")

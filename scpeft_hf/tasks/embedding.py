@@ -6,10 +6,9 @@ from pathlib import Path
 
 import anndata as ad
 import torch
-from transformers import AutoModel
 
 from .annotation import load_annotator
-from .backbones import load_processor, make_collator, resolve_base
+from .backbones import load_backbone, load_processor, make_collator, resolve_base
 from .inference import run_model
 
 
@@ -30,7 +29,7 @@ def embed_cells(
     else:
         base_dir = resolve_base(base)
         processor = load_processor(base_dir)
-        model = AutoModel.from_pretrained(base_dir).to("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_backbone(base_dir, processor).to("cuda" if torch.cuda.is_available() else "cpu")
     result = run_model(model, processor(adata), make_collator(processor, train=False), batch_size)
     adata.obsm["X_scpeft"] = result.cell_embeddings
     return adata

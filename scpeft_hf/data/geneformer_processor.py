@@ -1,0 +1,520 @@
+"""`GeneformerProcessor`: AnnData raw counts → Geneformer's rank-value encoded cells (`datasets.Dataset`).
+
+Per cell, as Geneformer's `TranscriptomeTokenizer` does: total counts `n_counts` (`obs["n_counts"]` when present,
+else the sum over all of the AnnData's genes), each dictionary gene's value `count / n_counts * target_sum /
+gene_median`, the non-zero genes sorted by that value, highest first, truncated to the model's input size
+(V2: `<cls>`, up to `max_length - 2` genes, `<eos>`; V1: up to `max_length` genes, no special tokens).
+
+Tie rule: genes with equal values are ordered by ascending token id. The official tokenizer leaves ties to
+`np.argsort`'s unstable quicksort; fixing them by token id makes a cell's tokens independent of the AnnData's
+gene order and of the platform.
+
+Genes are matched by Ensembl ID (`var["ensembl_id"]` when that column exists, else the var index; version
+suffixes are ignored). Symbol-only data needs a symbol → Ensembl table (Geneformer's `gene_name_id_dict*.pkl`,
+a dict, or a two-column table); a table saved with the processor is used by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from datasets.table import InMemoryTable
+
+from .geneformer_dictionaries import load_dictionary
+from .processor import ScGPTProcessor, _select_columns
+from .streaming import expression_matrix, iter_csr_chunks
+from .vocab import ENSEMBL_ID, gene_names, read_gene_table, strip_ensembl_version
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+MODEL_CONFIG_NAME = "config.json"
+TOKEN_DICTIONARY_NAME = "token_dictionary.json"
+MEDIAN_DICTIONARY_NAME = "gene_median_dictionary.json"
+GENE_NAME_ID_NAME = "gene_name_id_dictionary.json"
+# Official file name patterns, for model folders the dictionaries were copied into.
+DICTIONARY_PATTERNS = {
+    "token": "token_dictionary*",
+    "median": "gene_median_dictionary*",
+    "gene_name_id": "gene_name_id_dict*",
+}
+
+GeneTable = pd.DataFrame | Mapping | str | os.PathLike
+
+
+class GeneformerProcessor:
+    """Turns AnnData raw counts into Geneformer inputs; saved next to a model with `save_pretrained`.
+
+    Args:
+        token_dictionary: `{ensembl_id: token id}` with the special tokens (`<pad>`, `<mask>`, V2 also `<cls>`,
+            `<eos>`), as a dict or an official `.pkl`/`.json` file.
+        gene_median_dictionary: `{ensembl_id: non-zero median}` (the normalisation factors), dict or file.
+        gene_name_id_dictionary: optional `{symbol: ensembl_id}` used when the AnnData's genes are symbols.
+        special_tokens: add `<cls>`/`<eos>` (V2); None decides from the token dictionary (V2 dictionaries have
+            `<cls>` and `<eos>`).
+        max_length: model input size, special tokens included (V2 4096, V1 2048; default by `special_tokens`).
+        target_sum: counts are scaled to this total per cell before the division by medians.
+        input_kind: "counts" (or "auto", the same): Geneformer ranks raw counts; anything else is an error.
+        gene_column: `var` column with Ensembl IDs; None uses `var["ensembl_id"]` if present, else the index.
+        label_names: class names, fixed the first time labels are processed and saved.
+        chunk_size: cells tokenized at a time (bounds working memory; not saved).
+    """
+
+    def __init__(
+        self,
+        token_dictionary: Mapping[str, int] | str | os.PathLike,
+        gene_median_dictionary: Mapping[str, float] | str | os.PathLike,
+        *,
+        gene_name_id_dictionary: Mapping[str, str] | str | os.PathLike | None = None,
+        special_tokens: bool | None = None,
+        max_length: int | None = None,
+        target_sum: float = 10_000,
+        input_kind: str = "counts",
+        gene_column: str | None = None,
+        label_names: list[str] | None = None,
+        pad_token: str = "<pad>",
+        cls_token: str = "<cls>",
+        eos_token: str = "<eos>",
+        chunk_size: int = 1024,
+    ):
+        self.token_dictionary = load_dictionary(token_dictionary, "token")
+        self.gene_median_dictionary = load_dictionary(gene_median_dictionary, "median")
+        self.gene_name_id_dictionary = (
+            load_dictionary(gene_name_id_dictionary, "gene_name_id")
+            if gene_name_id_dictionary is not None
+            else None
+        )
+        if input_kind not in ("counts", "auto"):
+            raise ValueError(
+                f"input_kind={input_kind!r}: Geneformer ranks raw counts; pass the raw counts "
+                f"(layer='counts' or adata.raw.to_adata()) with input_kind='counts'"
+            )
+        if pad_token not in self.token_dictionary:
+            raise ValueError(
+                f"token dictionary has no {pad_token!r} token; Geneformer's dictionaries have '<pad>'"
+            )
+        if special_tokens is None:
+            special_tokens = cls_token in self.token_dictionary and eos_token in self.token_dictionary
+        if special_tokens and not {cls_token, eos_token} <= self.token_dictionary.keys():
+            raise ValueError(
+                f"special_tokens=True needs {cls_token!r} and {eos_token!r} in the token dictionary (V2); "
+                f"V1 dictionaries have neither: pass special_tokens=False"
+            )
+        self.special_tokens = bool(special_tokens)
+        self.max_length = (
+            int(max_length) if max_length is not None else (4096 if self.special_tokens else 2048)
+        )
+        if self.max_length < 1 + 2 * self.special_tokens:
+            raise ValueError(f"max_length={self.max_length} leaves no room for genes")
+        if target_sum <= 0:
+            raise ValueError(f"target_sum={target_sum} must be positive (Geneformer uses 10,000)")
+        self.target_sum = float(target_sum)
+        self.input_kind = "counts"
+        self.gene_column = gene_column
+        self.label_names = list(label_names) if label_names is not None else None
+        self.pad_token, self.cls_token, self.eos_token = pad_token, cls_token, eos_token
+        self.chunk_size = chunk_size
+        genes = [key for key in self.token_dictionary if key in self.gene_median_dictionary]
+        if not genes:
+            raise ValueError(
+                "the token and gene median dictionaries share no gene; they must come from the same release"
+            )
+        self._gene_tokens = pd.Series({gene: self.token_dictionary[gene] for gene in genes}, dtype=np.int64)
+        self._gene_medians = np.array([self.gene_median_dictionary[gene] for gene in genes], dtype=np.float64)
+        if (self._gene_medians <= 0).any():
+            raise ValueError(
+                "gene median dictionary has non-positive medians; medians are divisors and must be > 0"
+            )
+        self._median_of_token = pd.Series(self._gene_medians, index=self._gene_tokens.to_numpy())
+
+    # -- ids -----------------------------------------------------------------------------------------------
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.token_dictionary[self.pad_token]
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self.token_dictionary[self.cls_token] if self.special_tokens else None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.token_dictionary[self.eos_token] if self.special_tokens else None
+
+    @property
+    def max_genes(self) -> int:
+        return self.max_length - 2 * self.special_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.token_dictionary)
+
+    # -- saving and loading -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "processor_class": type(self).__name__,
+            "special_tokens": self.special_tokens,
+            "max_length": self.max_length,
+            "target_sum": self.target_sum,
+            "input_kind": self.input_kind,
+            "gene_column": self.gene_column,
+            "label_names": self.label_names,
+            "pad_token": self.pad_token,
+            "cls_token": self.cls_token,
+            "eos_token": self.eos_token,
+        }
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write `processor_config.json` and the dictionaries as JSON into `save_directory`."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / TOKEN_DICTIONARY_NAME).write_text(json.dumps(self.token_dictionary, ensure_ascii=False))
+        (directory / MEDIAN_DICTIONARY_NAME).write_text(
+            json.dumps(self.gene_median_dictionary, ensure_ascii=False)
+        )
+        if self.gene_name_id_dictionary is not None:
+            (directory / GENE_NAME_ID_NAME).write_text(
+                json.dumps(self.gene_name_id_dictionary, ensure_ascii=False)
+            )
+        (directory / PROCESSOR_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_path: str | os.PathLike, **kwargs) -> GeneformerProcessor:
+        """Load a saved processor, or build one from a Geneformer model folder holding its dictionaries.
+
+        A model folder needs `config.json` plus `token_dictionary*` and `gene_median_dictionary*` (`.pkl` or
+        `.json`; `gene_name_id_dict*` is optional); `max_length` comes from `max_position_embeddings` and the
+        token dictionary must have exactly `vocab_size` tokens. Keyword arguments override either source.
+        """
+        directory = Path(pretrained_path)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{directory} is not a folder; pass the folder given to save_pretrained()"
+            )
+        config_path = directory / PROCESSOR_CONFIG_NAME
+        if config_path.is_file():
+            settings = json.loads(config_path.read_text())
+            settings.pop("processor_class", None)
+            names = directory / GENE_NAME_ID_NAME
+            return cls(
+                directory / TOKEN_DICTIONARY_NAME,
+                directory / MEDIAN_DICTIONARY_NAME,
+                gene_name_id_dictionary=names if names.is_file() else None,
+                **{**settings, **kwargs},
+            )
+        model_config_path = directory / MODEL_CONFIG_NAME
+        if not model_config_path.is_file():
+            raise FileNotFoundError(
+                f"{directory} has neither {PROCESSOR_CONFIG_NAME} nor a model {MODEL_CONFIG_NAME}; save a "
+                f"processor there with save_pretrained()"
+            )
+        files = {kind: _find_dictionary(directory, kind) for kind in DICTIONARY_PATTERNS}
+        for kind in ("token", "median"):
+            if files[kind] is None:
+                raise FileNotFoundError(
+                    f"{directory} has no {DICTIONARY_PATTERNS[kind]}.pkl/.json; copy Geneformer's dictionaries "
+                    f"into the model folder, or build the processor with GeneformerProcessor(token_dictionary=..., "
+                    f"gene_median_dictionary=...) and save_pretrained() it there"
+                )
+        model_config = json.loads(model_config_path.read_text())
+        processor = cls(
+            files["token"],
+            files["median"],
+            gene_name_id_dictionary=files["gene_name_id"],
+            **{"max_length": model_config.get("max_position_embeddings"), **kwargs},
+        )
+        processor.check_vocab_size(model_config.get("vocab_size"), model_config_path)
+        return processor
+
+    def check_vocab_size(self, vocab_size: int | None, where: str | os.PathLike = "the model") -> None:
+        """Raise unless a model with `vocab_size` embedding rows fits this token dictionary."""
+        if vocab_size is not None and vocab_size != self.vocab_size:
+            raise ValueError(
+                f"{where} has vocab_size {vocab_size:,} but the token dictionary has {self.vocab_size:,} tokens; "
+                f"use the dictionary the checkpoint was trained with (V1-10M: 25,426 tokens, V2: 20,275)"
+            )
+
+    def __repr__(self) -> str:
+        settings = {key: value for key, value in self.to_dict().items() if key != "processor_class"}
+        return (
+            f"{type(self).__name__}({self.vocab_size:,} tokens, {len(self._gene_tokens):,} genes, {settings})"
+        )
+
+    # -- tokenizing ---------------------------------------------------------------------------------------
+
+    def features(self, label_names: list[str] | None = None) -> datasets.Features:
+        """Columns of the produced Dataset: `input_ids` (rank-value order), `length`, `labels`."""
+        columns = {"input_ids": datasets.List(datasets.Value("int32")), "length": datasets.Value("int32")}
+        if label_names is not None:
+            columns["labels"] = datasets.ClassLabel(names=label_names)
+        return datasets.Features(columns)
+
+    # Labels are read exactly as the scGPT processor reads them (it only uses `self.label_names`).
+    _labels = ScGPTProcessor._labels
+
+    def match_genes(
+        self, adata: AnnData, gene_column: str | None = None, gene_table: GeneTable | None = None
+    ) -> np.ndarray:
+        """Token id of each `var` gene (-1 where it has none in both dictionaries), matched by Ensembl ID.
+
+        The name itself (version suffix ignored) is tried first, then `gene_table` (or the saved symbol →
+        Ensembl dictionary). When several genes reach the same Ensembl ID the first in `var` order keeps it.
+        """
+        gene_column = gene_column or self.gene_column
+        if gene_column is None and "ensembl_id" in adata.var.columns:
+            gene_column = "ensembl_id"
+        names = pd.Series(gene_names(adata, gene_column))
+        stripped = names.map(strip_ensembl_version)
+        token_ids = stripped.map(self._gene_tokens)
+        table = gene_table if gene_table is not None else self.gene_name_id_dictionary
+        if table is not None:
+            pairs = read_gene_table(_as_table(table))
+            pairs = pairs.assign(token_id=pairs["alias"].map(self._gene_tokens)).dropna(subset="token_id")
+            via_table = stripped.map(pairs.drop_duplicates("name").set_index("name")["token_id"])
+            token_ids = token_ids.fillna(via_table)
+        token_ids = token_ids.fillna(-1).astype(np.int64)
+        token_ids[token_ids.duplicated() & (token_ids >= 0)] = -1
+        n_matched = int((token_ids >= 0).sum())
+        where = f"var[{gene_column!r}]" if gene_column else "the var index"
+        if n_matched == 0:
+            looks_ensembl = names.str.match(ENSEMBL_ID).any()
+            if not looks_ensembl and table is None:
+                raise ValueError(
+                    f"AnnData's genes in {where} are not Ensembl IDs (e.g. {', '.join(names[:3])}) and no "
+                    f"symbol → Ensembl table was given; Geneformer's dictionaries are keyed by Ensembl ID. Pass "
+                    f"gene_table=<Geneformer's gene_name_id_dict.pkl, a {{symbol: ensembl_id}} dict or a "
+                    f"two-column table>, or gene_column=<the var column holding Ensembl IDs> "
+                    f"(var columns: {list(adata.var.columns)})"
+                )
+            raise ValueError(
+                f"AnnData has 0 of its {len(names):,} genes ({where}, e.g. {', '.join(names[:3])}) in Geneformer's "
+                f"token and median dictionaries ({len(self._gene_tokens):,} genes, e.g. "
+                f"{', '.join(self._gene_tokens.index[:3])}); check the species and the ID column"
+            )
+        logger.info("genes: %d/%d of %s matched Geneformer's dictionaries", n_matched, len(names), where)
+        return token_ids.to_numpy()
+
+    def __call__(
+        self,
+        adata: AnnData,
+        label_key: str | None = None,
+        *,
+        layer: str | None = None,
+        gene_column: str | None = None,
+        gene_table: GeneTable | None = None,
+    ) -> datasets.Dataset:
+        """Tokenize an in-memory AnnData of raw counts into a Dataset, one row per cell in `obs` order.
+
+        `label_key` names the `obs` column with class labels (→ a `labels` ClassLabel column); label names are
+        fixed on the first call. Cells without any expressed dictionary gene are kept (V2: `<cls>` `<eos>`
+        only, V1: empty) with a warning. Nothing is changed when the input is rejected.
+        """
+        if adata.isbacked:
+            raise ValueError("this AnnData is backed on disk; load it into memory (adata.to_memory()) first")
+        label_names, labels = self._labels(adata, label_key)
+        matrix = expression_matrix(adata, layer)
+        matrix = sp.csr_matrix(matrix) if not sp.issparse(matrix) or matrix.format != "csr" else matrix
+        token_ids = self.match_genes(adata, gene_column, gene_table)
+        n_counts = _n_counts(adata, matrix)
+        columns = np.flatnonzero(token_ids >= 0)
+        plan = _RankPlan(columns, token_ids[columns], self._median_of_token[token_ids[columns]].to_numpy())
+        batches, n_empty = [], 0
+        for start, chunk in iter_csr_chunks(matrix, self.chunk_size):
+            chunk_labels = labels[start : start + chunk.shape[0]] if labels is not None else None
+            batch, empty = self._encode_chunk(
+                chunk, n_counts[start : start + chunk.shape[0]], plan, chunk_labels, label_names, start
+            )
+            batches.append(batch)
+            n_empty += empty
+        if label_names is not None and self.label_names is None:
+            self.label_names = label_names
+        if n_empty:
+            warnings.warn(
+                f"{n_empty} of {adata.n_obs} cells have no expressed gene in Geneformer's dictionaries; they are "
+                f"kept {'with <cls> <eos> only' if self.special_tokens else 'as empty sequences'}. Drop them first "
+                f"if that is not wanted: sc.pp.filter_cells(adata, min_genes=1)",
+                stacklevel=2,
+            )
+        table = pa.Table.from_batches(batches, schema=self.features(label_names).arrow_schema)
+        return datasets.Dataset(InMemoryTable(table), fingerprint=uuid.uuid4().hex)
+
+    def _encode_chunk(
+        self,
+        chunk: sp.csr_matrix,
+        n_counts: np.ndarray,
+        plan: _RankPlan,
+        labels: np.ndarray | None,
+        label_names: list[str] | None,
+        start: int,
+    ) -> tuple[pa.RecordBatch, int]:
+        where = f"cells {start}..{start + chunk.shape[0] - 1}"
+        _check_counts(chunk.data, where)
+        matched = _select_columns(chunk, plan.columns, chunk.shape[1])
+        matched.eliminate_zeros()
+        ordered = rank_value_order(
+            matched.indptr, plan.token_ids[matched.indices], matched.data, n_counts,
+            plan.medians[matched.indices], self.target_sum,
+        )  # fmt: skip
+        tokens, lengths = _truncate(ordered, np.diff(matched.indptr), self.max_genes)
+        n_empty = int((lengths == 0).sum())
+        if self.special_tokens:
+            tokens, lengths = _wrap(tokens, lengths, self.cls_token_id, self.eos_token_id)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        arrays = [
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens.astype(np.int32))),
+            pa.array(lengths.astype(np.int32)),
+        ]
+        if labels is not None:
+            arrays.append(pa.array(labels))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.features(label_names).arrow_schema), n_empty
+
+
+@dataclass
+class _RankPlan:
+    columns: np.ndarray  # var indices of the dictionary genes
+    token_ids: np.ndarray  # their token ids
+    medians: np.ndarray  # their normalisation factors
+
+
+def rank_value_order(
+    indptr: np.ndarray,
+    token_ids: np.ndarray,
+    counts: np.ndarray,
+    n_counts: np.ndarray,
+    medians: np.ndarray,
+    target_sum: float = 10_000,
+) -> np.ndarray:
+    """Token ids of CSR rows (entries `token_ids`/`counts`, row bounds `indptr`) in rank-value order.
+
+    Each entry's value is `count / n_counts[row] * target_sum / median`; within a row entries are sorted by
+    value, highest first, ties by ascending token id. Returns the token ids in that order (row lengths kept).
+    """
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    values = counts.astype(np.float64) / n_counts[rows] * target_sum / medians
+    order = np.lexsort((token_ids, -values, rows))
+    return token_ids[order]
+
+
+def _truncate(tokens: np.ndarray, lengths: np.ndarray, max_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the first `max_genes` tokens of each row."""
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = np.arange(len(tokens)) - starts < max_genes
+    return tokens[keep], np.minimum(lengths, max_genes)
+
+
+def _wrap(tokens: np.ndarray, lengths: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Put `first` before and `last` after each row."""
+    new_lengths = lengths + 2
+    out = np.empty(int(new_lengths.sum()), dtype=np.int64)
+    ends = np.cumsum(new_lengths)
+    starts = ends - new_lengths
+    inner = np.ones(len(out), dtype=bool)
+    inner[starts] = inner[ends - 1] = False
+    out[starts], out[ends - 1], out[inner] = first, last, tokens
+    return out, new_lengths
+
+
+def _n_counts(adata: AnnData, matrix: sp.csr_matrix) -> np.ndarray:
+    """Total counts per cell: `obs["n_counts"]` when present (as Geneformer), else the sum over all genes."""
+    if "n_counts" in adata.obs.columns:
+        n_counts = adata.obs["n_counts"].to_numpy(dtype=np.float64)
+        if not np.isfinite(n_counts).all() or (n_counts < 0).any():
+            raise ValueError('obs["n_counts"] has negative or non-finite totals; fix or delete the column')
+        return n_counts
+    return np.asarray(matrix.sum(axis=1, dtype=np.float64)).ravel()
+
+
+def _check_counts(stored: np.ndarray, where: str) -> None:
+    if not len(stored):
+        return
+    if not (np.isfinite(stored.max()) and stored.min() >= 0):
+        raise ValueError(f"{where} have negative or non-finite values; Geneformer ranks raw counts")
+    if not np.array_equal(stored, np.rint(stored)):
+        raise ValueError(
+            f"{where} hold non-integer values (e.g. {stored[stored != np.rint(stored)][0]:.4g}); Geneformer ranks "
+            f"raw counts: give them (layer='counts' or adata.raw.to_adata())"
+        )
+
+
+def _as_table(table: GeneTable) -> pd.DataFrame | str | os.PathLike:
+    """A symbol → Ensembl table as `read_gene_table` takes it; dicts and official pickles become DataFrames."""
+    if isinstance(table, Mapping):
+        return pd.DataFrame({"symbol": list(table.keys()), "ensembl_id": list(table.values())})
+    if isinstance(table, (str, os.PathLike)) and str(table).endswith((".pkl", ".pickle", ".json")):
+        return _as_table(load_dictionary(table, "gene_name_id"))
+    return table
+
+
+def _find_dictionary(directory: Path, kind: str) -> Path | None:
+    found = sorted(
+        path
+        for path in directory.glob(DICTIONARY_PATTERNS[kind])
+        if path.suffix in (".pkl", ".pickle", ".json")
+    )
+    if len(found) > 1:
+        raise ValueError(
+            f"{directory} has several {DICTIONARY_PATTERNS[kind]} files ({', '.join(p.name for p in found)}); "
+            f"keep only the one that matches the model"
+        )
+    return found[0] if found else None
+
+
+@dataclass
+class GeneformerDataCollator:
+    """Pad rank-value encoded cells into BERT batches: `input_ids`, `attention_mask` and `labels` (if present).
+
+    Sequences are already cut to the model's input size by the processor; `max_length` only guards that.
+    Nothing is random, so `training` (kept for the same interface as the scGPT collator) changes nothing.
+    """
+
+    pad_token_id: int
+    max_length: int = 4096
+    training: bool = True
+
+    @classmethod
+    def from_processor(cls, processor: GeneformerProcessor, **kwargs) -> GeneformerDataCollator:
+        settings = {"pad_token_id": processor.pad_token_id, "max_length": processor.max_length}
+        return cls(**{**settings, **kwargs})
+
+    def train(self, mode: bool = True) -> GeneformerDataCollator:
+        self.training = mode
+        return self
+
+    def eval(self) -> GeneformerDataCollator:
+        return self.train(False)
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        cells = [np.asarray(row["input_ids"], dtype=np.int64) for row in features]
+        lengths = np.array([len(cell) for cell in cells])
+        if lengths.max(initial=0) > self.max_length:
+            raise ValueError(
+                f"a cell has {lengths.max()} tokens but max_length is {self.max_length}; tokenize with the "
+                f"processor of this model"
+            )
+        width = max(int(lengths.max(initial=0)), 1)
+        real = np.arange(width) < lengths[:, None]
+        input_ids = np.full((len(cells), width), self.pad_token_id, dtype=np.int64)
+        input_ids[real] = np.concatenate(cells) if cells else []
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+        }
+        if "labels" in features[0] and features[0]["labels"] is not None:
+            batch["labels"] = torch.tensor([row["labels"] for row in features], dtype=torch.long)
+        return batch
