@@ -17,7 +17,7 @@ from .metrics import classification_metrics
 from .pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
 # Epoch budgets per method (early stopping on validation macro-F1 may end sooner).
-DEMO_EPOCHS = {"encoder": 30, "probe": 30, "full": 15}
+DEMO_EPOCHS = {"encoder": 20, "probe": 20, "full": 15}
 
 
 def logistic_regression_baseline(adata: ad.AnnData, seed: int = 0) -> dict[str, float]:
