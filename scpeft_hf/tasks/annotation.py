@@ -14,6 +14,8 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from peft import PeftModel
 from transformers import (
     EarlyStoppingCallback,
@@ -72,12 +74,18 @@ class AnnotationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
 
-    def get_eval_dataloader(self, eval_dataset=None):
+    def _with_eval_collator(self, make_loader, dataset):
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
         try:
-            return super().get_eval_dataloader(eval_dataset)
+            return make_loader(dataset)
         finally:
             self.data_collator = train_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._with_eval_collator(super().get_eval_dataloader, eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        return self._with_eval_collator(super().get_test_dataloader, test_dataset)
 
 
 def check_labels(adata: ad.AnnData, label_key: str) -> None:
@@ -102,6 +110,22 @@ def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> Path:
+    """The main process creates the staging folder and every process gets its path (or the main process's
+    error), so that all ranks read the checkpoints that the main process writes."""
+    shared: list = [None, None]
+    if state.is_main_process:
+        try:
+            shared[0] = _staging_dir(out_dir, overwrite)
+        except (FileExistsError, OSError) as err:
+            shared[1] = err
+    if state.num_processes > 1:
+        broadcast_object_list(shared)
+    if shared[1] is not None:
+        raise shared[1]
+    return shared[0]
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -148,7 +172,13 @@ def train_annotation(
     label_names = list(processor.label_names)
 
     out_dir = Path(out_dir)
-    staging = _staging_dir(out_dir, overwrite)
+    # Under `torchrun` / `accelerate launch` this joins the process group (gloo on CPU, nccl on GPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    logger.info(
+        "process %d of %d (%s): %d training cells", state.process_index, state.num_processes,
+        state.distributed_type, len(splits["train"]),
+    )  # fmt: skip
+    staging = _shared_staging_dir(out_dir, overwrite, state)
     try:
         torch.manual_seed(settings.seed)
         model = load_classifier(
@@ -204,19 +234,21 @@ def train_annotation(
         started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - started
-        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
 
-        if not trainer.is_world_process_zero():
-            return AnnotationResult(out_dir, {}, label_names)
-        model = trainer.model.eval()
-        test = run_model(
-            model, datasets["test"], make_collator(processor, train=False), 2 * settings.batch_size
-        )
+        # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the
+        # duplicates that pad the last batch.
+        test = trainer.predict(datasets["test"], metric_key_prefix="test")
+        logits, cell_embeddings, *_ = test.predictions
         test_labels = np.asarray(datasets["test"]["labels"])
-        predictions = test.logits.argmax(-1)
+        predictions = logits.argmax(-1)
         metrics = {f"test_{k}": v for k, v in classification_metrics(test_labels, predictions).items()}
         metrics.update(trainable_params=trainable, total_params=total, train_seconds=train_seconds)
         metrics["best_validation_macro_f1"] = trainer.state.best_metric
+        state.wait_for_everyone()  # all ranks are done with the checkpoints before they are removed
+        if not trainer.is_world_process_zero():
+            return AnnotationResult(out_dir, metrics, label_names)
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+        model = trainer.model.eval()
 
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -233,17 +265,19 @@ def train_annotation(
                     "preprocessing": describe_preprocessing(processor),
                     "n_cells": {name: int(len(index)) for name, index in splits.items()},
                     "test_obs_names": adata.obs_names[splits["test"]].tolist(),
-                    "training": asdict(settings) | {"learning_rate": learning_rate},
+                    "training": asdict(settings)
+                    | {"learning_rate": learning_rate, "world_size": trainer.args.world_size},
                 },
                 indent=2,
             )
         )
         (staging / "README.md").write_text(render_adapter_card(staging, adapter_ref=str(out_dir)))
         plot_confusion_matrix(test_labels, predictions, label_names, staging / "confusion_matrix.png")
-        plot_umap(test.cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
+        plot_umap(cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
         _publish(staging, out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if state.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return AnnotationResult(out_dir, metrics, label_names)
 

@@ -67,6 +67,9 @@ def pool_cell_embedding(
 class _GeneformerBase(BertPreTrainedModel):
     config_class = BertConfig
     base_model_prefix = "bert"
+    # The forward takes **kwargs (attention options for BERT), but its loss is a plain mean: Trainer must not
+    # pass num_items_in_batch or multiply the loss by the world size under DDP.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
