@@ -5,8 +5,8 @@ per-process batch size, so N processes take 1/N of the optimizer steps per epoch
 `--batch-size` is per device). Early stopping is off (patience = epochs) so both run every epoch. On CPU each
 process gets `cores // N` intra-op threads, so the comparison spends the same cores either way.
 
-    python benchmarks/multiprocess.py                       # encoder adapter, 5 epochs, 2 processes
-    python benchmarks/multiprocess.py --method lora --epochs 10
+    python benchmarks/ddp_training.py                       # encoder adapter, 5 epochs, 2 processes
+    python benchmarks/ddp_training.py --method lora --epochs 10
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS / "multiprocess")
+    parser.add_argument("--output", type=Path, default=RESULTS / "ddp_training")
     args = parser.parse_args()
 
     import torch

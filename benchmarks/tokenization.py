@@ -6,27 +6,22 @@ are written to .h5ad files; each measurement then runs in a fresh subprocess who
 `tokenize_and_pad_batch`), loaded from the installed wheel by file path, runs on the first
 `--official-cells` cells, and ours runs on the same cells too, so the speed ratio comes from one run.
 
-    python benchmarks/tokenize.py                 # 100,000 x 20,000 (writes ~3.5 GB of temporary files)
-    python benchmarks/tokenize.py --cells 20000   # smaller
+    python benchmarks/tokenization.py                 # 100,000 x 20,000 (writes ~3.5 GB of temporary files)
+    python benchmarks/tokenization.py --cells 20000   # smaller
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# This file shares its name with the standard library's `tokenize`: keep its folder off the import path.
-if os.path.dirname(os.path.abspath(__file__)) in sys.path:
-    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -272,10 +267,10 @@ def write_results(args, generated, official, ours_same_cells, in_memory, streami
         "official_peak_rss_mb": official["peak_rss_mb"],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "tokenize.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.results_dir / "tokenization.json").write_text(json.dumps(results, indent=2) + "\n")
     settings = results["settings"]
     lines = [
-        "# Tokenization benchmark (`benchmarks/tokenize.py`)",
+        "# Tokenization benchmark (`benchmarks/tokenization.py`)",
         "",
         f"Synthetic counts: {settings['cells']:,} cells x {settings['genes']:,} genes, "
         f"{settings['nnz_per_cell']:,} non-zero genes per cell (~{100 * settings['density']:.0f}%), "
@@ -307,7 +302,7 @@ def write_results(args, generated, official, ours_same_cells, in_memory, streami
         "full sequences; the collator subsamples per batch). Timings exclude reading the .h5ad, except streaming.",
         "",
     ]
-    (args.results_dir / "tokenize.md").write_text("\n".join(lines))
+    (args.results_dir / "tokenization.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
