@@ -23,7 +23,14 @@ from transformers import (
 )
 
 from ..models.fingerprint import backbone_fingerprint
-from .backbones import describe_preprocessing, load_classifier, load_processor, make_collator, resolve_base
+from .backbones import (
+    base_reference,
+    describe_preprocessing,
+    load_classifier,
+    load_processor,
+    make_collator,
+    resolve_base,
+)
 from .card import render_adapter_card
 from .inference import run_model
 from .methods import METHODS, PEFT_METHODS, prepare_model
@@ -226,7 +233,7 @@ def train_annotation(
                 {
                     "method": method,
                     "model_type": model.config.model_type,
-                    "base_model": str(base_dir),
+                    "base_model": base_reference(base_dir),
                     "base_model_fingerprint": fingerprint,
                     "label_key": label_key,
                     "label_names": label_names,
