@@ -285,13 +285,16 @@ class Annotator:
         return adata
 
 
-def load_annotator(adapter_dir: str | Path, base: str | Path | None = None) -> Annotator:
-    """Load a folder written by `train_annotation` (or `scpeft-hf train`).
+def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annotator:
+    """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
+    `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
 
     The base model is the one recorded at training time unless `base` overrides it; either way its weights
     must match the recorded fingerprint, so an adapter is never applied to a different backbone.
     """
-    adapter_dir = Path(adapter_dir)
+    from .hub import resolve_adapter  # hub.py builds on this module, so it is imported on use
+
+    adapter_dir = resolve_adapter(adapter)
     info_path = adapter_dir / RUN_INFO
     if not info_path.is_file():
         raise FileNotFoundError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
