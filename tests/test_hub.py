@@ -23,6 +23,7 @@ from safetensors.torch import load as load_safetensors
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.tasks.annotation import load_annotator
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
+from scpeft_hf.tasks.card import hub_model_id
 from scpeft_hf.tasks.hub import push_adapter
 from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from tests.hub_server import HubServer
@@ -252,6 +253,16 @@ def test_loading_from_the_hub_explains_a_missing_repo_and_an_unreachable_hub(hub
     url = closed_port_url()
     endpoint(url)
     with pytest.raises(
-        ConnectionError, match=f"Cannot download the adapter alice/missing from the Hub at {url}"
+        ConnectionError,
+        match=f"alice/missing is not a local folder, and it can neither be downloaded from the Hub at {url}",
     ):
         load_annotator("alice/missing")
+
+
+def test_card_metadata_names_only_a_hub_model_as_base_model(tmp_path, monkeypatch):
+    assert hub_model_id("someone/scgpt-human") == "someone/scgpt-human"
+    assert hub_model_id(DEMO_BACKBONE_NAME) is None  # embedded in the package, not published on the Hub
+    assert hub_model_id(str(DEMO_BACKBONE)) is None and hub_model_id("scgpt-human") is None
+    monkeypatch.chdir(tmp_path)
+    Path("models/scgpt").mkdir(parents=True)
+    assert hub_model_id("models/scgpt") is None  # a local folder, though shaped like a repo id

@@ -153,12 +153,12 @@ def _hub_errors(endpoint: str, action: str) -> Iterator[None]:
         yield
     except (httpx2.TransportError, OfflineModeIsEnabled) as err:
         raise ConnectionError(
-            f"Cannot reach the Hugging Face Hub at {endpoint} to {action} ({type(err).__name__}: {err}). Check the "
-            "network connection, and HF_ENDPOINT if you use a mirror; no files were committed"
+            f"Cannot reach the Hugging Face Hub at {endpoint} to {action} ({type(err).__name__}: {_first_line(err)}). "
+            "Check the network connection, and HF_ENDPOINT if you use a mirror; no files were committed"
         ) from err
     except HfHubHTTPError as err:
         status = err.response.status_code
-        reason = str(err).splitlines()[0]
+        reason = _first_line(err)
         if status in (401, 403):
             raise PermissionError(
                 f"The Hub at {endpoint} refused to {action} ({reason}): check that the token (--token or HF_TOKEN) "
@@ -190,9 +190,9 @@ def download_adapter(repo_id: str) -> Path:
     except LocalEntryNotFoundError as err:
         cause = err.__cause__ or err
         raise ConnectionError(
-            f"Cannot download the adapter {repo_id} from the Hub at {endpoint} ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0]}), and it is not in the local cache. Check the network connection and "
-            "HF_ENDPOINT, or pass a local folder"
+            f"{repo_id} is not a local folder, and it can neither be downloaded from the Hub at {endpoint} "
+            f"({type(cause).__name__}: {_first_line(cause)}) nor found in the local cache. Check the network "
+            "connection and HF_ENDPOINT, or pass a local folder"
         ) from err
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
@@ -200,3 +200,7 @@ def download_adapter(repo_id: str) -> Path:
             f"Hub repo {repo_id} lacks {', '.join(missing)}: not an adapter shared with `scpeft-hf push`"
         )
     return folder
+
+
+def _first_line(err: BaseException) -> str:
+    return next(iter(str(err).splitlines()), "")
