@@ -1,4 +1,4 @@
-"""The `scpeft-hf` command line: convert, pretrain, train, predict, embed and demo."""
+"""The `scpeft-hf` command line: convert, pretrain, train, predict, embed, push and demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 INPUT_KINDS = ("auto", "counts", "log1p")
+# Errors whose message tells the user what to fix (input, files, network, credentials): shown without traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError, PermissionError)
 
 
 def _read_h5ad(path: str):
@@ -94,6 +96,17 @@ def _embed(args: argparse.Namespace) -> int:
     print(
         f"Wrote {adata.obsm['X_scpeft'].shape[1]}-dimensional embeddings of {adata.n_obs} cells to {args.out}"
     )
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .tasks.hub import push_adapter
+
+    result = push_adapter(args.adapter, args.repo_id, private=args.private, token=args.token)
+    print(f"Pushed {args.adapter} to {result.repo_url} (commit {result.commit.oid[:8]}):")
+    for name, size in result.files.items():
+        print(f"  {name:<32} {size:>12,} bytes")
+    print(f"Load it with: scpeft-hf predict --adapter {args.repo_id} --data cells.h5ad --out annotated.h5ad")
     return 0
 
 
@@ -192,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="annotate cells with a trained adapter",
         description="Annotate cells: writes obs['scpeft_pred'], obs['scpeft_confidence'] and obsm['X_scpeft'].",
     )
-    predict.add_argument("--adapter", required=True, help="folder written by `scpeft-hf train`")
+    predict.add_argument(
+        "--adapter",
+        required=True,
+        help="folder written by `scpeft-hf train`, or a Hub repo USER/NAME shared with `scpeft-hf push`",
+    )
     predict.add_argument("--data", required=True, help=".h5ad file to annotate")
     predict.add_argument("--out", required=True, help=".h5ad file to write")
     predict.add_argument(
@@ -207,11 +224,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write cell embeddings to obsm['X_scpeft'] from a base model, optionally with an adapter.",
     )
     embed.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")
-    embed.add_argument("--adapter", default=None, help="optional folder written by `scpeft-hf train`")
+    embed.add_argument(
+        "--adapter",
+        default=None,
+        help="optional adapter: a folder written by `scpeft-hf train` or a Hub repo USER/NAME",
+    )
     embed.add_argument("--data", required=True, help=".h5ad file")
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     embed.set_defaults(handler=_embed)
+
+    push = commands.add_parser(
+        "push",
+        help="share a trained adapter on the Hugging Face Hub",
+        description="Upload an adapter folder written by `scpeft-hf train` to a Hub model repo in one commit: the "
+        "adapter, its processor files (with the label names), run_info.json, metrics.json and a model card that "
+        "says how to load it from the Hub. The base model is never uploaded; `full` and `probe` folders (whole "
+        "models) are refused. Set HF_ENDPOINT to push to a Hub mirror.",
+    )
+    push.add_argument("--adapter", required=True, help="folder written by `scpeft-hf train`")
+    push.add_argument(
+        "--repo-id", required=True, help="Hub model repo USER/NAME or ORG/NAME (created if missing)"
+    )
+    push.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
+    push.add_argument(
+        "--token",
+        default=None,
+        help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)",
+    )
+    push.set_defaults(handler=_push)
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -243,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
+    except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"scpeft-hf {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -25,7 +25,14 @@ from transformers import (
 )
 
 from ..models.fingerprint import backbone_fingerprint
-from .backbones import describe_preprocessing, load_classifier, load_processor, make_collator, resolve_base
+from .backbones import (
+    base_reference,
+    describe_preprocessing,
+    load_classifier,
+    load_processor,
+    make_collator,
+    resolve_base,
+)
 from .card import render_adapter_card
 from .inference import run_model
 from .methods import METHODS, PEFT_METHODS, prepare_model
@@ -258,7 +265,7 @@ def train_annotation(
                 {
                     "method": method,
                     "model_type": model.config.model_type,
-                    "base_model": str(base_dir),
+                    "base_model": base_reference(base_dir),
                     "base_model_fingerprint": fingerprint,
                     "label_key": label_key,
                     "label_names": label_names,
@@ -312,13 +319,16 @@ class Annotator:
         return adata
 
 
-def load_annotator(adapter_dir: str | Path, base: str | Path | None = None) -> Annotator:
-    """Load a folder written by `train_annotation` (or `scpeft-hf train`).
+def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annotator:
+    """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
+    `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
 
     The base model is the one recorded at training time unless `base` overrides it; either way its weights
     must match the recorded fingerprint, so an adapter is never applied to a different backbone.
     """
-    adapter_dir = Path(adapter_dir)
+    from .hub import resolve_adapter  # hub.py builds on this module, so it is imported on use
+
+    adapter_dir = resolve_adapter(adapter)
     info_path = adapter_dir / RUN_INFO
     if not info_path.is_file():
         raise FileNotFoundError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")

@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
 from ..models.geneformer import load_geneformer
 
 DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
+# How run_info.json names the embedded backbone, so an adapter trained on it loads in any installation.
+DEMO_BACKBONE_NAME = "scpeft-hf/scgpt-demo"
 PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": GeneformerProcessor}
 PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
 
@@ -23,16 +27,33 @@ Processor = ScGPTProcessor | GeneformerProcessor
 
 
 def resolve_base(base: str | Path | None) -> Path:
-    """A base model folder: `base` itself, or the embedded demo backbone when None."""
-    folder = Path(base) if base is not None else DEMO_BACKBONE
+    """A base model folder: `base` itself, or the embedded demo backbone when None or `DEMO_BACKBONE_NAME`."""
+    folder = DEMO_BACKBONE if base is None or str(base) == DEMO_BACKBONE_NAME else Path(base)
     if not (folder / "config.json").is_file():
         hint = (
             "the embedded demo backbone is missing from this installation; reinstall scpeft-hf"
-            if base is None
+            if folder == DEMO_BACKBONE
             else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
         )
         raise FileNotFoundError(f"{folder} has no config.json: {hint}")
     return folder
+
+
+def base_reference(base_dir: str | Path) -> str:
+    """How a trained folder records its base: the embedded backbone by name, any other folder by absolute path."""
+    base_dir = Path(base_dir).resolve()
+    return DEMO_BACKBONE_NAME if base_dir == DEMO_BACKBONE.resolve() else str(base_dir)
+
+
+def is_hub_repo_id(reference: str) -> bool:
+    """True for `owner/name`, the form of a model repo id on the Hub (which a relative path may also have)."""
+    if reference.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(reference)
+    except HFValidationError:
+        return False
+    return True
 
 
 def processor_class(folder: str | Path) -> type[Processor]:

@@ -6,7 +6,9 @@ import json
 import string
 from pathlib import Path
 
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, ModelCardData
+
+from .backbones import DEMO_BACKBONE_NAME, is_hub_repo_id
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
 METHOD_NAMES = {
@@ -20,21 +22,32 @@ METHOD_NAMES = {
 
 
 def render_adapter_card(folder: str | Path, adapter_ref: str | None = None, license: str = "mit") -> str:
-    """Render the card of a trained folder from its `run_info.json`, `metrics.json` and processor config."""
+    """Render the card of a trained folder from its `run_info.json`, `metrics.json` and processor config.
+
+    `adapter_ref` is what the card tells readers to load: the local folder, or the Hub id it is pushed to.
+    """
     folder = Path(folder)
     info = json.loads((folder / "run_info.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     labels = info["label_names"]
+    tags = ["single-cell", "scpeft", "scpeft-hf", info["model_type"], info["method"], "cell-type-annotation"]
+    metadata = ModelCardData(
+        library_name="peft",
+        base_model=hub_model_id(info["base_model"]),
+        license=license,
+        tags=tags,
+        pipeline_tag="other",
+        base_model_fingerprint=info["base_model_fingerprint"],
+    )
     values = {
+        "metadata": metadata.to_yaml().rstrip("\n"),
         "title": f"{METHOD_NAMES[info['method']]} for {info['model_type']}: {info['label_key']}",
-        "method": info["method"],
         "method_name": METHOD_NAMES[info["method"]],
         "model_type": info["model_type"],
-        "base_model": info["base_model"],
-        "base_name": Path(info["base_model"]).name,
+        "base_model": describe_base(info["base_model"]),
+        "base_note": base_note(info["base_model"]),
         "fingerprint": info["base_model_fingerprint"],
         "adapter_ref": adapter_ref or str(folder),
-        "license": license,
         "trainable_params": f"{metrics['trainable_params']:,}",
         "total_params": f"{metrics['total_params']:,}",
         "trainable_percent": f"{100 * metrics['trainable_params'] / metrics['total_params']:.2f}%",
@@ -53,6 +66,38 @@ def render_adapter_card(folder: str | Path, adapter_ref: str | None = None, lice
     }
     template = string.Template((TEMPLATES / "adapter.md").read_text())
     return template.substitute(values)
+
+
+def hub_model_id(base_model: str) -> str | None:
+    """`base_model` as the Hub's card metadata expects it (a model id such as `owner/name`), or None for a local
+    folder and for the embedded backbone, which is not published on the Hub."""
+    if base_model == DEMO_BACKBONE_NAME or Path(base_model).exists() or not is_hub_repo_id(base_model):
+        return None
+    return base_model
+
+
+def describe_base(base_model: str) -> str:
+    if base_model == DEMO_BACKBONE_NAME:
+        return f"`{base_model}`, the demonstration backbone embedded in scpeft-hf"
+    if hub_model_id(base_model):
+        return f"[`{base_model}`](https://huggingface.co/{base_model})"
+    return f"`{Path(base_model).name}` (a local folder at training time: `{base_model}`)"
+
+
+def base_note(base_model: str) -> str:
+    """Where the base model comes from when the adapter is loaded."""
+    if base_model == DEMO_BACKBONE_NAME:
+        return "The base model ships inside scpeft-hf: nothing else to download."
+    name = Path(base_model).name
+    where = (
+        f"download it (`hf download {base_model} --local-dir {name}`) and pass"
+        if hub_model_id(base_model)
+        else f"it is read from `{base_model}`; where your copy is elsewhere, pass"
+    )
+    return (
+        f'The base model is not stored here: {where} `base="path/to/{name}"` (`--base` on the command line); '
+        "its weights are checked against the fingerprint above."
+    )
 
 
 def read_card_metadata(folder: str | Path) -> dict:
