@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.tasks.annotation import load_annotator
-from scpeft_hf.tasks.backbones import DEMO_BACKBONE
+from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
 from scpeft_hf.tasks.metrics import classification_metrics
 from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, PRETRAINING_CELLS, demo_data
 
@@ -64,6 +64,8 @@ def test_train_writes_a_complete_adapter_folder(trained):
     assert names and all("encoder_adapter" in name or "cls_decoder" in name for name in names)
     processor = json.loads((trained / "processor_config.json").read_text())
     assert len(processor["label_names"]) == 10
+    # The embedded backbone is recorded by name, so the folder loads on any installation.
+    assert json.loads((trained / "run_info.json").read_text())["base_model"] == DEMO_BACKBONE_NAME
     card = (trained / "README.md").read_text()
     assert "library_name: peft" in card and "base_model_fingerprint" in card and "CD14+ Monocyte" in card
 

@@ -204,6 +204,26 @@ def test_adapter_is_active_in_eval_no_grad_and_inference_mode(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_adapters_on_a_pre_norm_scgpt(method):
+    # The pre-norm attention block applies its output module's LayerNorm first; that module is what the
+    # encoder adapter wraps, so the wrapper must still expose it.
+    batch = cell_batch()
+    base = tiny_scgpt(pre_norm=True)
+    with torch.no_grad():
+        base_output = logits(base, batch)
+        if method != "prefix":  # a zero prefix still takes part in attention
+            identity = get_peft_model(tiny_scgpt(pre_norm=True), method_config(method))
+            assert torch.equal(logits(identity, batch), base_output)
+        model = get_peft_model(base, method_config(method, identity=False)).eval()
+        adapted = logits(model, batch)
+        with model.disable_adapter():
+            assert torch.equal(logits(model, batch), base_output)
+    assert (adapted - base_output).abs().max() > 1e-4
+    model.train()
+    assert torch.equal(logits(model, batch).detach(), adapted)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_one_optimizer_step_changes_the_output_through_the_adapter(method):
     batch = cell_batch()
     labels = torch.tensor([0, 1, 2])

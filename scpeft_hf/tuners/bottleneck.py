@@ -220,6 +220,16 @@ class BottleneckAdapterLayer(nn.Module, WrapsBlockMixin):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
+    def __getattr__(self, name: str) -> Any:
+        # Model code may reach into the module that is now wrapped (scGPT's pre-norm attention block applies
+        # its output module's LayerNorm first): what the wrapper lacks is looked up on the wrapped module.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     @property
     def _down(self) -> nn.ModuleDict:
         return getattr(self, self.adapter_layer_names[0])
