@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .backbones import DEMO_BACKBONE_NAME, is_hub_repo_id
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"  # a link to the repository's model_cards/
 METHOD_NAMES = {
     "encoder": "scPEFT encoder adapter",
     "token": "scPEFT token adapter",
