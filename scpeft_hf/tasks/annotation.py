@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from transformers import (
 )
 
 from ..models.fingerprint import backbone_fingerprint
+from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
     base_reference,
     describe_preprocessing,
@@ -112,33 +112,21 @@ def check_labels(adata: ad.AnnData, label_key: str) -> None:
         )
 
 
-def _staging_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
 def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> Path:
     """The main process creates the staging folder and every process gets its path (or the main process's
     error), so that all ranks read the checkpoints that the main process writes."""
     shared: list = [None, None]
     if state.is_main_process:
         try:
-            shared[0] = _staging_dir(out_dir, overwrite)
-        except (FileExistsError, OSError) as err:
+            check_out_dir(out_dir, overwrite)
+            shared[0] = make_staging_dir(out_dir)
+        except OSError as err:  # FileExistsError included
             shared[1] = err
     if state.num_processes > 1:
         broadcast_object_list(shared)
     if shared[1] is not None:
         raise shared[1]
     return shared[0]
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
 
 
 def train_annotation(
@@ -281,7 +269,7 @@ def train_annotation(
         (staging / "README.md").write_text(render_adapter_card(staging, adapter_ref=str(out_dir)))
         plot_confusion_matrix(test_labels, predictions, label_names, staging / "confusion_matrix.png")
         plot_umap(cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
-        _publish(staging, out_dir)
+        publish(staging, out_dir)
     except BaseException:
         if state.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import string
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import Trainer, TrainingArguments
 from ..data import GeneVocab, ScGPTProcessor
 from ..datasets import pbmc68k_reduced
 from ..models.scgpt import ScGPTConfig, ScGPTForMaskedExpressionModeling
+from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import make_collator
 from .card import TEMPLATES
 from .splits import make_splits
@@ -66,8 +66,7 @@ def pretrain_demo_backbone(
 ) -> Path:
     """Pretrain the demo backbone and write it as a model folder (config, weights, vocab, processor, card)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    check_out_dir(out_dir, overwrite)
     adata = demo_data()
     cells = adata[adata.obs[DEMO_SPLIT_KEY] != "test"].copy()
     genes = sorted(map(str, adata.var_names))
@@ -91,8 +90,7 @@ def pretrain_demo_backbone(
     torch.manual_seed(seed)
     model = ScGPTForMaskedExpressionModeling(config)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = make_staging_dir(out_dir)
     try:
         trainer = Trainer(
             model=model,
@@ -137,9 +135,7 @@ def pretrain_demo_backbone(
             architecture=json.dumps(DEMO_ARCHITECTURE),
         )
         (staging / "README.md").write_text(card)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -12,12 +12,12 @@ import json
 import pickle
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ...output_folders import check_out_dir, make_staging_dir, publish
 from .configuration_scgpt import ScGPTConfig
 from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
 
@@ -221,10 +221,7 @@ def convert_scgpt_checkpoint(
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise FileNotFoundError(f"Checkpoint folder {src_dir} does not exist")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} exists and is not empty; choose another folder or pass overwrite=True"
-        )
+    check_out_dir(out_dir, overwrite)
     args = _read_json(src_dir / ARGS_FILE, "the model hyper-parameters")
     vocab_path = src_dir / VOCAB_FILE
     vocab = _read_json(vocab_path, "the gene vocabulary")
@@ -253,14 +250,11 @@ def convert_scgpt_checkpoint(
             f"Checkpoint tensors with no place in {model_class.__name__}: {result.unexpected_keys}"
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = make_staging_dir(out_dir)
     try:
         model.save_pretrained(staging)
         shutil.copyfile(vocab_path, staging / VOCAB_FILE)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
