@@ -46,7 +46,9 @@ def prepare(out: Path, max_length: int, seed: int) -> None:
 
     pool = {name: getattr(datasets, name)() for name in POOL}
     symbols = sorted(set().union(*(map(str, adata.var_names) for adata in pool.values())))
-    vocab = GeneVocab({**{g: i for i, g in enumerate(symbols)}, **{s: len(symbols) + i for i, s in enumerate(SPECIALS)}})
+    vocab = GeneVocab(
+        {**{g: i for i, g in enumerate(symbols)}, **{s: len(symbols) + i for i, s in enumerate(SPECIALS)}}
+    )
     processor = ScGPTProcessor(vocab, input_kind="counts", max_length=max_length, seed=seed)
     rng = np.random.default_rng(seed)
     ids, values, offsets, source, held_out, cells = [], [], [0], [], [], []
@@ -56,7 +58,7 @@ def prepare(out: Path, max_length: int, seed: int) -> None:
         n = len(tokenized)
         held = np.zeros(n, dtype=bool)
         held[rng.choice(n, size=max(1, round(HELD_OUT_FRACTION * n)), replace=False)] = True
-        for row, cell_ids, cell_values in zip(range(n), tokenized["input_ids"], tokenized["values"], strict=True):
+        for cell_ids, cell_values in zip(tokenized["input_ids"], tokenized["values"], strict=True):
             cell_ids, cell_values = np.asarray(cell_ids), np.asarray(cell_values)
             expressed_in[cell_ids[1:]] += 1
             if len(cell_ids) > MAX_GENES_STORED:
@@ -88,7 +90,12 @@ def prepare(out: Path, max_length: int, seed: int) -> None:
 
 class PoolCells(torch.utils.data.Dataset):
     def __init__(self, pool, rows: np.ndarray):
-        self.ids, self.values, self.offsets, self.rows = pool["input_ids"], pool["values"], pool["offsets"], rows
+        self.ids, self.values, self.offsets, self.rows = (
+            pool["input_ids"],
+            pool["values"],
+            pool["offsets"],
+            rows,
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -124,7 +131,9 @@ def evaluate(model, loader, gene_means: torch.Tensor, device: str) -> dict[str, 
         visible = (batch["attention_mask"] == 1) & ~masked
         visible[:, 0] = False
         truth = batch["labels"]
-        cell_mean = (batch["values"] * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
+        cell_mean = (batch["values"] * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(
+            min=1
+        )
         predictions = {
             "model_gep": out.expression.float(),
             "model_gepc": out.mvc_expression.float(),
@@ -138,7 +147,17 @@ def evaluate(model, loader, gene_means: torch.Tensor, device: str) -> dict[str, 
     return {key: value / n for key, value in totals.items()}
 
 
-def train(pool_path: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int, tiny: bool) -> None:
+def train(
+    pool_path: Path,
+    out: Path,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    tiny: bool,
+    workers: int = 0,
+    shard: str = "1GB",
+) -> None:
     from scpeft_hf.data.collator import ScGPTDataCollator
     from scpeft_hf.models.scgpt import ScGPTConfig, ScGPTForMaskedExpressionModeling
 
@@ -147,7 +166,9 @@ def train(pool_path: Path, out: Path, epochs: int, batch_size: int, lr: float, s
     settings = json.loads(str(pool["processor"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
-    architecture = dict(ARCHITECTURE, **(dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64) if tiny else {}))
+    architecture = dict(
+        ARCHITECTURE, **(dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64) if tiny else {})
+    )
     architecture["max_seq_len"] = settings["max_length"]
     config = ScGPTConfig(
         vocab_size=len(vocab),
@@ -169,18 +190,27 @@ def train(pool_path: Path, out: Path, epochs: int, batch_size: int, lr: float, s
     ).eval()
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        PoolCells(pool, train_rows), batch_size=batch_size, shuffle=True, collate_fn=collate, generator=generator
+        PoolCells(pool, train_rows),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=generator,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device == "cuda",
     )
-    eval_loader = torch.utils.data.DataLoader(PoolCells(pool, eval_rows), batch_size=128, collate_fn=eval_collate)
+    eval_loader = torch.utils.data.DataLoader(
+        PoolCells(pool, eval_rows), batch_size=128, collate_fn=eval_collate
+    )
     gene_means = torch.tensor(_gene_means(pool, train_rows, len(vocab)), dtype=torch.float32, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     total_steps = epochs * len(loader)
     warmup = max(1, total_steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / warmup)
-        * 0.5
-        * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
+        ),
     )
     history, best, started = [], None, time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -201,7 +231,7 @@ def train(pool_path: Path, out: Path, epochs: int, batch_size: int, lr: float, s
             print(json.dumps(history[-1]), f"{time.perf_counter() - started:.0f} s", flush=True)
             if best is None or scores["model_gep"] < best["model_gep"]:
                 best = history[-1]
-                model.save_pretrained(out)
+                model.save_pretrained(out, max_shard_size=shard)
     seconds = time.perf_counter() - started
     metrics = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "CPU",
@@ -219,8 +249,10 @@ def train(pool_path: Path, out: Path, epochs: int, batch_size: int, lr: float, s
         "history": history,
     }
     (out / "pretraining_metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(f"done in {seconds:.0f} s; best held-out GEP MSE {best['model_gep']:.3f} (cell mean "
-          f"{best['cell_mean']:.3f}, gene mean {best['gene_mean']:.3f})")
+    print(
+        f"done in {seconds:.0f} s; best held-out GEP MSE {best['model_gep']:.3f} (cell mean "
+        f"{best['cell_mean']:.3f}, gene mean {best['gene_mean']:.3f})"
+    )
 
 
 def package(pool_path: Path, run: Path, out: Path) -> None:
@@ -234,9 +266,15 @@ def package(pool_path: Path, run: Path, out: Path) -> None:
     vocab = GeneVocab(json.loads(str(pool["vocab"])))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text((run / "config.json").read_text())
-    weights = load_file(run / "model.safetensors")
-    save_file({k: v.float().contiguous() for k, v in weights.items()}, out / "model.safetensors", {"format": "pt"})
-    ScGPTProcessor(vocab, input_kind="auto", max_length=settings["max_length"], seed=settings["seed"]).save_pretrained(out)
+    weights = {}
+    for shard in sorted(run.glob("model*.safetensors")):
+        weights.update(load_file(shard))
+    save_file(
+        {k: v.float().contiguous() for k, v in weights.items()}, out / "model.safetensors", {"format": "pt"}
+    )
+    ScGPTProcessor(
+        vocab, input_kind="auto", max_length=settings["max_length"], seed=settings["seed"]
+    ).save_pretrained(out)
     metrics = json.loads((run / "pretraining_metrics.json").read_text())
     expressed = pool["expressed_in"]
     metrics["vocabulary"] = {
@@ -253,7 +291,9 @@ def package(pool_path: Path, run: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     steps = parser.add_subparsers(dest="step", required=True)
     p = steps.add_parser("prepare")
     p.add_argument("--out", type=Path, required=True)
@@ -266,7 +306,11 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--tiny", action="store_true", help="a tiny model on 64 cells: checks the script end to end")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--shard", default="1GB", help="max_shard_size of the saved weights")
+    t.add_argument(
+        "--tiny", action="store_true", help="a tiny model on 64 cells: checks the script end to end"
+    )
     k = steps.add_parser("package")
     k.add_argument("--pool", type=Path, required=True)
     k.add_argument("--run", type=Path, required=True)
@@ -275,7 +319,17 @@ def main() -> None:
     if args.step == "prepare":
         prepare(args.out, args.max_length, args.seed)
     elif args.step == "train":
-        train(args.pool, args.out, args.epochs, args.batch_size, args.lr, args.seed, args.tiny)
+        train(
+            args.pool,
+            args.out,
+            args.epochs,
+            args.batch_size,
+            args.lr,
+            args.seed,
+            args.tiny,
+            args.workers,
+            args.shard,
+        )
     else:
         package(args.pool, args.run, args.out)
 
