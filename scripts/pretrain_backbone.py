@@ -157,6 +157,7 @@ def train(
     tiny: bool,
     workers: int = 0,
     shard: str = "1GB",
+    time_budget_s: float | None = None,
 ) -> None:
     from scpeft_hf.data.collator import ScGPTDataCollator
     from scpeft_hf.models.scgpt import ScGPTConfig, ScGPTForMaskedExpressionModeling
@@ -204,16 +205,20 @@ def train(
     )
     gene_means = torch.tensor(_gene_means(pool, train_rows, len(vocab)), dtype=torch.float32, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    total_steps = epochs * len(loader)
-    warmup = max(1, total_steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
-        ),
-    )
+    plan = {"epochs": epochs}
+    warmup = max(1, epochs * len(loader) // 20)
+
+    def learning_rate_factor(step: int) -> float:
+        """Linear warm-up, then cosine decay to 0 over the planned epochs (re-planned after epoch 1 to fit the
+        time budget)."""
+        progress = min(1.0, step / (plan["epochs"] * len(loader)))
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     history, best, started = [], None, time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    epoch = 0
+    while epoch < plan["epochs"]:
+        epoch += 1
         losses = []
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -225,7 +230,14 @@ def train(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        if epoch % max(1, epochs // 10) == 0 or epoch == epochs:
+        if epoch == 1 and time_budget_s:
+            per_epoch = time.perf_counter() - started
+            plan["epochs"] = max(2, min(epochs, int(time_budget_s / (per_epoch * 1.08))))
+            print(
+                f"epoch 1 took {per_epoch:.1f} s: {plan['epochs']} epochs fit {time_budget_s:.0f} s",
+                flush=True,
+            )
+        if epoch % max(1, plan["epochs"] // 10) == 0 or epoch == plan["epochs"]:
             scores = evaluate(model, eval_loader, gene_means, device)
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **scores})
             print(json.dumps(history[-1]), f"{time.perf_counter() - started:.0f} s", flush=True)
@@ -236,7 +248,7 @@ def train(
     metrics = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "CPU",
         "seconds": round(seconds, 1),
-        "epochs": epochs,
+        "epochs": plan["epochs"],
         "batch_size": batch_size,
         "learning_rate": lr,
         "mask_probability": 0.4,
@@ -306,6 +318,7 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--time-budget-s", type=float, default=None, help="fewer epochs if they would not fit")
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     t.add_argument("--shard", default="1GB", help="max_shard_size of the saved weights")
     t.add_argument(
