@@ -35,7 +35,7 @@ from .backbones import (
 )
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, PEFT_METHODS, prepare_model
+from .methods import METHODS, PEFT_METHODS, load_peft_adapter, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, make_splits
@@ -337,7 +337,7 @@ def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annot
                 f"{run_info['base_model_fingerprint']}, but {base_dir} has {fingerprint}. Pass --base with the "
                 "model the adapter was trained on."
             )
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = load_peft_adapter(model, adapter_dir)
     else:
         model = load_classifier(adapter_dir, processor)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

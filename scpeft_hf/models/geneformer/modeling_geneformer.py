@@ -21,6 +21,8 @@ from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
+from ..heads import warn_if_head_frozen
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -134,6 +136,8 @@ class GeneformerForCellClassification(_GeneformerBase):
         logits = self.classifier(self.dropout(last_hidden_state[:, 0, :]))
         loss = None
         if labels is not None:
+            if self.training and torch.is_grad_enabled():
+                warn_if_head_frozen(self, self.classifier)
             class_weights = getattr(self.config, "class_weights", None)
             weight = (
                 torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)

@@ -77,7 +77,7 @@ class ConversionReport:
         if self.model_class == "ScGPTForMaskedExpressionModeling":
             lines.append(
                 "The checkpoint has no cls_decoder: ScGPTForCellClassification.from_pretrained() on this folder "
-                "initialises the classification head freshly (train it, or an adapter with it)."
+                "initialises the classification head `classifier` freshly (train it, or an adapter with it)."
             )
         return "\n".join(lines)
 
@@ -176,10 +176,12 @@ def rename_official_keys(
             renamed["scgpt.embeddings.gene_encoder." + key.removeprefix("encoder.")] = tensor
         elif key.startswith("value_encoder."):
             renamed["scgpt.embeddings." + key] = tensor
-        elif key.startswith(("decoder.", "mvc_decoder.", "cls_decoder.out_layer.")):
+        elif key.startswith(("decoder.", "mvc_decoder.")):
             renamed[key] = tensor
+        elif key.startswith("cls_decoder.out_layer."):  # the head is `classifier` here, as in transformers
+            renamed["classifier." + key.removeprefix("cls_decoder.")] = tensor
         elif key.startswith("cls_decoder._decoder."):
-            renamed["cls_decoder.layers." + key.removeprefix("cls_decoder._decoder.")] = tensor
+            renamed["classifier.layers." + key.removeprefix("cls_decoder._decoder.")] = tensor
         elif match := _LAYER_KEY.match(key):
             prefix, name = f"scgpt.encoder.layer.{match.group(1)}.", match.group(2)
             if name in _LAYER_RENAMES:
@@ -215,7 +217,7 @@ def convert_scgpt_checkpoint(
 
     Checkpoints without a classification head become `ScGPTForMaskedExpressionModeling` (gene embeddings,
     encoder, expression and MVC decoders); fine-tuned annotation checkpoints with a `cls_decoder` become
-    `ScGPTForCellClassification`. Either loads into the other class with the heads it lacks initialised.
+    `ScGPTForCellClassification`, whose head is named `classifier` (transformers' and peft's name). Either loads into the other class with the heads it lacks initialised.
     Everything is written to a temporary folder first, so a failure leaves `out_dir` untouched.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -237,11 +239,11 @@ def convert_scgpt_checkpoint(
 
     config = config_from_official(args, vocab, state)
     renamed, unused, layout = rename_official_keys(state, config.hidden_size)
-    has_classifier = "cls_decoder.out_layer.weight" in renamed
+    has_classifier = "classifier.out_layer.weight" in renamed
     model_class = ScGPTForCellClassification if has_classifier else ScGPTForMaskedExpressionModeling
     config.architectures = [model_class.__name__]
     model = model_class(config)
-    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("cls_decoder.",)
+    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("classifier.",)
     unused += [key for key in renamed if key.startswith(head_only)]
     renamed = {key: value for key, value in renamed.items() if not key.startswith(head_only)}
     result = model.load_state_dict(renamed, strict=False)
