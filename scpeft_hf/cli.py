@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+import traceback
 from pathlib import Path
 
+from .errors import InvalidInputError, MissingFileError, OutputExistsError, ScpeftUserError
+
 INPUT_KINDS = ("auto", "counts", "log1p")
-# Errors whose message tells the user what to fix (input, files, network, credentials): shown without traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError, PermissionError)
+VERBOSE_HELP = "log progress details, and show the traceback of any error"
 
 
 def _read_h5ad(path: str):
     import anndata as ad
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--data {path} does not exist")
-    return ad.read_h5ad(path)
+        raise MissingFileError(f"--data {path} does not exist; pass the path of an .h5ad file")
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as err:  # h5py: truncated, not HDF5, or unreadable
+        raise InvalidInputError(
+            f"--data {path} cannot be read as .h5ad ({str(err).splitlines()[0]}); the file is damaged or not an "
+            "AnnData file: write it again with adata.write_h5ad()"
+        ) from err
+    if adata.n_obs == 0:
+        raise InvalidInputError(f"--data {path} has 0 cells; pass a file with at least one cell")
+    return adata
+
+
+def _check_out_file(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing --out file unless --overwrite; called before any work starts."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(f"--out {path} is a folder; pass the path of the .h5ad file to write")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"--out {path} exists; choose another file or pass --overwrite to replace it")
 
 
 def _write_h5ad(adata, path: str) -> None:
@@ -41,7 +62,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .output_folders import check_out_dir
     from .tasks.annotation import TrainingSettings, train_annotation
+
+    check_out_dir(Path(args.out), args.overwrite, inputs=[args.data])
 
     settings = TrainingSettings(
         epochs=args.epochs,
@@ -76,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .tasks.annotation import load_annotator
 
+    _check_out_file(args.out, args.overwrite)
     annotator = load_annotator(args.adapter, base=args.base)
     adata = annotator.predict(_read_h5ad(args.data), batch_size=args.batch_size)
     _write_h5ad(adata, args.out)
@@ -89,6 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .tasks.embedding import embed_cells
 
+    _check_out_file(args.out, args.overwrite)
     adata = embed_cells(
         _read_h5ad(args.data), base=args.base, adapter=args.adapter, batch_size=args.batch_size
     )
@@ -121,7 +147,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .tasks.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
     return 0
 
 
@@ -149,10 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parameter-efficient fine-tuning of single-cell foundation models on the Hugging Face stack. "
         "Run `scpeft-hf COMMAND --help` for each command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # `-v` is accepted after the command too; SUPPRESS keeps a command's default from undoing a leading `-v`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    convert = commands.add_parser(
+    convert = add_command(
         "convert",
         help="convert an official checkpoint to a Hugging Face folder",
         description="Convert an official checkpoint folder into a Hugging Face folder (config.json, "
@@ -161,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", choices=["scgpt"], help="which model family the checkpoint belongs to")
     convert.add_argument("src_dir", help="official checkpoint folder: best_model.pt, args.json, vocab.json")
     convert.add_argument("out_dir", help="folder to write; left untouched if conversion fails")
-    convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace OUT_DIR if it is a folder scpeft-hf wrote"
+    )
     convert.set_defaults(handler=_convert)
 
-    train = commands.add_parser(
+    train = add_command(
         "train",
         help="fine-tune an adapter for cell-type annotation",
         description="Fine-tune a cell-type annotation model on an .h5ad file with transformers.Trainer. Writes the "
@@ -197,10 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"
     )
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
-    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
+    )
     train.set_defaults(handler=_train)
 
-    predict = commands.add_parser(
+    predict = add_command(
         "predict",
         help="annotate cells with a trained adapter",
         description="Annotate cells: writes obs['scpeft_pred'], obs['scpeft_confidence'] and obsm['X_scpeft'].",
@@ -216,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--base", default=None, help="base model folder (default: the one the adapter names)"
     )
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
+    predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     predict.set_defaults(handler=_predict)
 
-    embed = commands.add_parser(
+    embed = add_command(
         "embed",
         help="compute cell embeddings",
         description="Write cell embeddings to obsm['X_scpeft'] from a base model, optionally with an adapter.",
@@ -232,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", required=True, help=".h5ad file")
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
+    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.set_defaults(handler=_embed)
 
-    push = commands.add_parser(
+    push = add_command(
         "push",
         help="share a trained adapter on the Hugging Face Hub",
         description="Upload an adapter folder written by `scpeft-hf train` to a Hub model repo in one commit: the "
@@ -258,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(handler=_push)
 
-    pretrain = commands.add_parser(
+    pretrain = add_command(
         "pretrain",
         help="pretrain the small demo backbone",
         description="Pretrain the embedded demonstration backbone with scGPT's masked-expression objective on "
@@ -267,10 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", required=True, help="folder to write the backbone to")
     pretrain.add_argument("--epochs", type=int, default=100, help="pretraining epochs (default 100)")
     pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pretrain.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
+    )
     pretrain.set_defaults(handler=_pretrain)
 
-    demo = commands.add_parser(
+    demo = add_command(
         "demo",
         help="offline end-to-end demo on bundled PBMCs",
         description="Fine-tune an encoder adapter of the embedded backbone on scanpy's bundled pbmc68k_reduced "
@@ -279,18 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="scpeft-demo", help="output folder (default ./scpeft-demo)")
     demo.add_argument("--epochs", type=int, default=None, help="override every method's epoch budget")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder an earlier demo wrote"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (`ScpeftUserError`) prints one line and returns 2; any other exception is a
+    bug and propagates with its traceback. `-v` logs progress and shows tracebacks for bad input too."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)
-    except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"scpeft-hf {args.command}: error: {message}", file=sys.stderr)
+    except ScpeftUserError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"scpeft-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -9,6 +9,8 @@ import anndata
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import InvalidInputError, MissingFileError
+
 PBMC68K_FILE = "10x_pbmc68k_reduced.h5ad"
 
 
@@ -24,7 +26,7 @@ def pbmc68k_reduced() -> anndata.AnnData:
 
     path = Path(scanpy.__file__).parent / "datasets" / PBMC68K_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall scanpy (the file ships inside its wheel)")
+        raise MissingFileError(f"{path} is missing; reinstall scanpy (the file ships inside its wheel)")
     with warnings.catch_warnings():
         # The file predates `obsp` and anndata's encoding metadata; anndata says so while reading it.
         warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
@@ -36,7 +38,7 @@ def pbmc68k_reduced() -> anndata.AnnData:
     unrounded = np.expm1(log_normalised.data) * totals[rows] / 1e4
     near_integer = np.abs(unrounded - np.round(unrounded)) <= 0.05
     if near_integer.mean() < 0.9999:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: only {100 * near_integer.mean():.3f}% of expm1(raw.X) * n_counts / 1e4 lie within 0.05 of "
             f"an integer (99.99% expected), so counts cannot be recovered; the file differs from scanpy's"
         )

@@ -120,6 +120,7 @@ def test_converted_checkpoint_matches_official_model_in_eval(tmp_path, layout):
     assert report.unused_keys == ["flag_encoder.weight"]
     assert report.initialized_keys == []
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        ".scpeft-hf.json",
         "config.json",
         "model.safetensors",
         "vocab.json",

@@ -21,6 +21,7 @@ from scpeft_hf.tasks.metrics import classification_metrics
 from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, PRETRAINING_CELLS, demo_data
 
 TRAIN_FILES = {
+    ".scpeft-hf.json",
     "adapter_config.json",
     "adapter_model.safetensors",
     "processor_config.json",

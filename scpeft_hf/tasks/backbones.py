@@ -15,6 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
+from ..errors import InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
 
 DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
@@ -35,7 +36,7 @@ def resolve_base(base: str | Path | None) -> Path:
             if folder == DEMO_BACKBONE
             else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
         )
-        raise FileNotFoundError(f"{folder} has no config.json: {hint}")
+        raise MissingFileError(f"{folder} has no config.json: {hint}")
     return folder
 
 
@@ -63,14 +64,14 @@ def processor_class(folder: str | Path) -> type[Processor]:
     if processor_config.is_file():
         name = json.loads(processor_config.read_text()).get("processor_class", "ScGPTProcessor")
         if name not in PROCESSORS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{processor_config} names processor_class {name!r}; known: {', '.join(PROCESSORS)}"
             )
         return PROCESSORS[name]
     model_config = folder / "config.json"
     model_type = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else "scgpt"
     if model_type not in PROCESSOR_BY_MODEL_TYPE:
-        raise ValueError(
+        raise InvalidInputError(
             f"{model_config} has model_type {model_type!r}; scpeft-hf runs {', '.join(PROCESSOR_BY_MODEL_TYPE)} "
             f"(bert = Geneformer)"
         )
@@ -100,7 +101,9 @@ def load_classifier(folder: str | Path, processor: Processor, **config_overrides
             **_geneformer_pooling(processor),
             **config_overrides,
         )
-    return AutoModelForSequenceClassification.from_pretrained(folder, **config_overrides)
+    return _check_vocab_fits(
+        AutoModelForSequenceClassification.from_pretrained(folder, **config_overrides), processor, folder
+    )
 
 
 def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
@@ -109,7 +112,30 @@ def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
         return load_geneformer(
             folder, "embedding", dictionary_size=processor.vocab_size, **_geneformer_pooling(processor)
         )
-    return AutoModel.from_pretrained(folder)
+    return _check_vocab_fits(AutoModel.from_pretrained(folder), processor, folder)
+
+
+def _check_vocab_fits(
+    model: PreTrainedModel, processor: ScGPTProcessor, folder: str | Path
+) -> PreTrainedModel:
+    """The processor's vocab must fit the model: its size and special-token ids must be the config's (a larger
+    vocab gives token ids past the gene embedding, a shifted one sends genes to other genes' embeddings)."""
+    vocab, config = processor.vocab, model.config
+    mismatch = [
+        f"{name} {ours} vs {theirs}"
+        for name, ours, theirs in (
+            ("size", len(vocab), config.vocab_size),
+            ("<pad> id", vocab.pad_token_id, config.pad_token_id),
+            ("<cls> id", vocab.cls_token_id, config.cls_token_id),
+        )
+        if ours != theirs
+    ]
+    if mismatch:
+        raise InvalidInputError(
+            f"The gene vocabulary does not match the model in {folder} ({', '.join(mismatch)} in config.json): "
+            "use the vocab.json saved with this model (or the adapter trained on it)"
+        )
+    return model
 
 
 def _geneformer_pooling(processor: GeneformerProcessor) -> dict:

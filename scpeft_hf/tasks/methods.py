@@ -42,13 +42,13 @@ def peft_config(method: str, model: PreTrainedModel) -> PeftConfig:
     if method == "lora":
         head = TASK_HEADS.get(model.config.model_type)
         return scpeft_lora_config(num_layers=model.config.num_hidden_layers, modules_to_save=[head])
-    raise ValueError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
+    raise InvalidInputError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
 
 def prepare_model(model: PreTrainedModel, method: str, learning_rate: float | None = None):
     """Make exactly the parameters of `method` trainable. Returns (model, learning rate)."""
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
         model = get_peft_model(model, peft_config(method, model))
