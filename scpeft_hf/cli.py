@@ -101,8 +101,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .tasks.annotation import load_annotator
 
     _check_out_file(args.out, args.overwrite)
+    cells = _read_h5ad(args.data)
     annotator = load_annotator(args.adapter, base=args.base)
-    adata = annotator.predict(_read_h5ad(args.data), batch_size=args.batch_size)
+    adata = annotator.predict(cells, batch_size=args.batch_size)
     _write_h5ad(adata, args.out)
     counts = adata.obs["scpeft_pred"].value_counts()
     print(

@@ -389,7 +389,7 @@ class ScGPTProcessor:
             )
             raise InvalidInputError(
                 f"{where} holds non-integer values (e.g. {fractional[0]:.4g}) but input_kind='counts'; {hint}. "
-                f"Pass input_kind='log1p' for log-normalised data, or give the raw counts (layer='counts' "
+                f"Pass input_kind='log1p' (--input log1p) for log-normalised data, or give the raw counts (layer='counts' "
                 f"or adata.raw.to_adata())"
             )
         if self.input_kind == "log1p" and is_integer and len(stored):
