@@ -23,7 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..errors import InvalidInputError, MissingFileError, MissingKeyError
+from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
@@ -123,7 +123,7 @@ def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> 
         try:
             check_out_dir(out_dir, overwrite)
             shared[0] = make_staging_dir(out_dir)
-        except OSError as err:  # FileExistsError included
+        except (OSError, ScpeftUserError) as err:  # refused output folders included
             shared[1] = err
     if state.num_processes > 1:
         broadcast_object_list(shared)
