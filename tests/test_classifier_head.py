@@ -12,10 +12,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from scpeft_hf import EncoderAdapterConfig, PrefixAdapterConfig, TokenAdapterConfig
+from scpeft_hf import (
+    EncoderAdapterConfig,
+    PrefixAdapterConfig,
+    TokenAdapterConfig,
+    paper_config,
+    scpeft_lora_config,
+)
 from scpeft_hf.tasks.methods import load_peft_adapter, warn_if_head_untrained
+from scpeft_hf.tuners import PAPER_METHODS
 
-from .tuner_helpers import cell_batch, tiny_scgpt
+from .tuner_helpers import NUM_LAYERS, cell_batch, tiny_scgpt
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_cls_decoder_adapters"
 HEAD_PREFIX = "base_model.model.classifier."
@@ -33,6 +40,11 @@ def base_with_another_head():
 
 def seq_cls_config(method: str):
     """Each config as a peft user writes it with the standard task type."""
+    if method.startswith("paper_"):
+        init = {"init_lora_weights": False} if method == "paper_lora" else {"init_weights": False}
+        return paper_config(method.removeprefix("paper_"), num_layers=NUM_LAYERS, task_type="SEQ_CLS", **init)
+    if method == "scpeft_lora":
+        return scpeft_lora_config(num_layers=NUM_LAYERS, task_type="SEQ_CLS", init_lora_weights=False)
     if method == "encoder":
         return EncoderAdapterConfig(task_type="SEQ_CLS", init_weights=False)
     if method == "token":
@@ -42,7 +54,10 @@ def seq_cls_config(method: str):
     return LoraConfig(task_type="SEQ_CLS", target_modules=["query", "value"], init_lora_weights=False)
 
 
-@pytest.mark.parametrize("method", ["encoder", "token", "prefix", "plain_lora"])
+@pytest.mark.parametrize(
+    "method",
+    ["encoder", "token", "prefix", "scpeft_lora", "plain_lora", *(f"paper_{name}" for name in PAPER_METHODS)],
+)
 def test_seq_cls_task_type_trains_saves_and_restores_the_head(method, tmp_path):
     batch = cell_batch()
     model = get_peft_model(tiny_scgpt(), seq_cls_config(method))
