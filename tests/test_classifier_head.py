@@ -123,3 +123,26 @@ def test_train_path_reports_a_head_without_trainable_parameters(caplog):
         assert not caplog.records
         assert warn_if_head_untrained(without_head) is True
     assert "modules_to_save=['classifier']" in caplog.text
+
+
+def test_full_model_folder_saved_with_cls_decoder_keys_loads_its_head(tmp_path):
+    """`full`/`probe` folders of older releases hold the whole model with `cls_decoder.*` weights."""
+    from safetensors.torch import save_file
+
+    from scpeft_hf.tasks.backbones import DEMO_BACKBONE, load_classifier, load_processor
+
+    processor = load_processor(DEMO_BACKBONE)
+    torch.manual_seed(3)
+    model = load_classifier(DEMO_BACKBONE, processor, num_labels=4).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    old = {key.replace("classifier.", "cls_decoder.", 1) if key.startswith("classifier.") else key: value
+           for key, value in weights.items()}  # fmt: skip
+    assert any(key.startswith("cls_decoder.") for key in old)
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    loaded = load_classifier(tmp_path, processor).eval()
+    for name, parameter in model.classifier.state_dict().items():
+        assert torch.equal(loaded.classifier.state_dict()[name], parameter), name
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert any(key.startswith("classifier.") for key in load_file(tmp_path / "resaved" / "model.safetensors"))

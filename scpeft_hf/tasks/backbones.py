@@ -12,11 +12,13 @@ from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
 from ..errors import InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
+from ..models.scgpt import ScGPTForCellClassification
 
 DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
 # How run_info.json names the embedded backbone, so an adapter trained on it loads in any installation.
@@ -101,9 +103,21 @@ def load_classifier(folder: str | Path, processor: Processor, **config_overrides
             **_geneformer_pooling(processor),
             **config_overrides,
         )
-    return _check_vocab_fits(
-        AutoModelForSequenceClassification.from_pretrained(folder, **config_overrides), processor, folder
-    )
+    legacy = _legacy_head_mapping(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, key_mapping=legacy, **config_overrides)
+    if legacy:  # saving again writes the current names, not the ones the folder was loaded from
+        model._weight_conversions = None
+    return _check_vocab_fits(model, processor, folder)
+
+
+def _legacy_head_mapping(folder: str | Path) -> dict[str, str] | None:
+    """The renaming of an older release's head (`cls_decoder.*`) when the folder's weights still use it."""
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(weights, "pt") as handle:
+        legacy = any(key.startswith("cls_decoder.") for key in handle.keys())
+    return ScGPTForCellClassification._checkpoint_conversion_mapping if legacy else None
 
 
 def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
