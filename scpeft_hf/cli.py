@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import sys
 import traceback
@@ -177,13 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run `scpeft-hf COMMAND --help` for each command's options.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    # `-v` is accepted after the command too; SUPPRESS keeps a command's default from undoing a leading `-v`.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    convert = add_command(
+    convert = commands.add_parser(
         "convert",
         help="convert an official checkpoint to a Hugging Face folder",
         description="Convert an official checkpoint folder into a Hugging Face folder (config.json, "
@@ -197,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(handler=_convert)
 
-    train = add_command(
+    train = commands.add_parser(
         "train",
         help="fine-tune an adapter for cell-type annotation",
         description="Fine-tune a cell-type annotation model on an .h5ad file with transformers.Trainer. Writes the "
@@ -235,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=_train)
 
-    predict = add_command(
+    predict = commands.add_parser(
         "predict",
         help="annotate cells with a trained adapter",
         description="Annotate cells: writes obs['scpeft_pred'], obs['scpeft_confidence'] and obsm['X_scpeft'].",
@@ -254,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     predict.set_defaults(handler=_predict)
 
-    embed = add_command(
+    embed = commands.add_parser(
         "embed",
         help="compute cell embeddings",
         description="Write cell embeddings to obsm['X_scpeft'] from a base model, optionally with an adapter.",
@@ -271,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.set_defaults(handler=_embed)
 
-    push = add_command(
+    push = commands.add_parser(
         "push",
         help="share a trained adapter on the Hugging Face Hub",
         description="Upload an adapter folder written by `scpeft-hf train` to a Hub model repo in one commit: the "
@@ -295,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.set_defaults(handler=_push)
 
-    pretrain = add_command(
+    pretrain = commands.add_parser(
         "pretrain",
         help="pretrain the small demo backbone",
         description="Pretrain the embedded demonstration backbone with scGPT's masked-expression objective on "
@@ -309,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.set_defaults(handler=_pretrain)
 
-    demo = add_command(
+    demo = commands.add_parser(
         "demo",
         help="offline end-to-end demo on bundled PBMCs",
         description="Fine-tune an encoder adapter of the embedded backbone on scanpy's bundled pbmc68k_reduced "
@@ -322,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out if it is a folder an earlier demo wrote"
     )
     demo.set_defaults(handler=_demo)
+
+    # `-v` is accepted after the command too; SUPPRESS keeps a command's default from undoing a leading `-v`.
+    for command in commands.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
