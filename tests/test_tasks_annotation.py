@@ -21,6 +21,7 @@ from scpeft_hf.tasks.metrics import classification_metrics
 from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, PRETRAINING_CELLS, demo_data
 
 TRAIN_FILES = {
+    ".scpeft-hf.json",
     "adapter_config.json",
     "adapter_model.safetensors",
     "processor_config.json",
@@ -61,7 +62,7 @@ def test_train_writes_a_complete_adapter_folder(trained):
     with safe_open(trained / "adapter_model.safetensors", "pt") as weights:
         names = list(weights.keys())
     # Only the adapters and the head: no backbone weight is stored.
-    assert names and all("encoder_adapter" in name or "cls_decoder" in name for name in names)
+    assert names and all("encoder_adapter" in name or "classifier" in name for name in names)
     processor = json.loads((trained / "processor_config.json").read_text())
     assert len(processor["label_names"]) == 10
     # The embedded backbone is recorded by name, so the folder loads on any installation.

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingFileError
 from .archives import Archive, extract_member, is_cached
 
 PBMC68K_FILE = "10x_pbmc68k_reduced.h5ad"
@@ -55,7 +55,7 @@ def pbmc68k_reduced() -> anndata.AnnData:
 
     path = Path(scanpy.__file__).parent / "datasets" / PBMC68K_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall scanpy (the file ships inside its wheel)")
+        raise MissingFileError(f"{path} is missing; reinstall scanpy (the file ships inside its wheel)")
     with warnings.catch_warnings():
         # The file predates `obsp` and anndata's encoding metadata; anndata says so while reading it.
         warnings.filterwarnings("ignore", message="Moving element from .uns", category=FutureWarning)
@@ -67,7 +67,7 @@ def pbmc68k_reduced() -> anndata.AnnData:
     unrounded = np.expm1(log_normalised.data) * totals[rows] / 1e4
     near_integer = np.abs(unrounded - np.round(unrounded)) <= 0.05
     if near_integer.mean() < 0.9999:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: only {100 * near_integer.mean():.3f}% of expm1(raw.X) * n_counts / 1e4 lie within 0.05 of "
             f"an integer (99.99% expected), so counts cannot be recovered; the file differs from scanpy's"
         )
@@ -140,7 +140,7 @@ def celltypist_sample() -> anndata.AnnData:
     table = pd.read_csv(path, index_col=0)
     values = table.to_numpy(dtype=np.float64)
     if np.abs(values - np.round(values)).max() > 1e-6:
-        raise ValueError(f"{path}: values are not counts")
+        raise InvalidInputError(f"{path}: values are not counts")
     counts = sp.csr_matrix(np.round(values).astype(np.float32))
     obs = pd.DataFrame(
         {"donor": pd.Categorical(["celltypist_sample"] * len(table))}, index=table.index.astype(str)
@@ -237,7 +237,7 @@ def _finish(adata: anndata.AnnData) -> anndata.AnnData:
     counts.eliminate_zeros()
     counts.sort_indices()
     if counts.nnz and not np.all(counts.data == np.round(counts.data)):
-        raise ValueError("the shipped matrix is not integer counts")
+        raise InvalidInputError("the shipped matrix is not integer counts")
     adata.X = counts
     adata.var_names = adata.var_names.astype(str)
     adata.var_names_make_unique()

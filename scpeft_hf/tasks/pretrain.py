@@ -135,7 +135,7 @@ def pretrain_demo_backbone(
             architecture=json.dumps(DEMO_ARCHITECTURE),
         )
         (staging / "README.md").write_text(card)
-        publish(staging, out_dir)
+        publish(staging, out_dir, command="pretrain")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
