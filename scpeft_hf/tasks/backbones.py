@@ -20,9 +20,14 @@ from ..errors import InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
 from ..models.scgpt import ScGPTForCellClassification
 
-DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
+DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-offline-v1"
 # How run_info.json names the embedded backbone, so an adapter trained on it loads in any installation.
-DEMO_BACKBONE_NAME = "scpeft-hf/scgpt-demo"
+DEMO_BACKBONE_NAME = "scpeft-hf/scgpt-offline-v1"
+# Embedded backbones that earlier releases shipped: their adapters get an error that names them.
+RETIRED_BACKBONES = {
+    "scpeft-hf/scgpt-demo": "the 765-gene PBMC demonstration backbone of scpeft-hf 0.1.0, which no longer ships "
+    "(replaced by scpeft-hf/scgpt-offline-v1)"
+}
 PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": GeneformerProcessor}
 PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
 
@@ -31,6 +36,11 @@ Processor = ScGPTProcessor | GeneformerProcessor
 
 def resolve_base(base: str | Path | None) -> Path:
     """A base model folder: `base` itself, or the embedded demo backbone when None or `DEMO_BACKBONE_NAME`."""
+    if str(base) in RETIRED_BACKBONES:
+        raise InvalidInputError(
+            f"the adapter was trained on {base}, {RETIRED_BACKBONES[str(base)]}; retrain it with this version "
+            f"(default base {DEMO_BACKBONE_NAME}), or use scpeft-hf 0.1.0 to load it"
+        )
     folder = DEMO_BACKBONE if base is None or str(base) == DEMO_BACKBONE_NAME else Path(base)
     if not (folder / "config.json").is_file():
         hint = (
