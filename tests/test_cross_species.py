@@ -13,7 +13,7 @@ import pytest
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.data import GeneVocab
 from scpeft_hf.data.orthologs import GENE_MAP_NAME, GeneMap
-from scpeft_hf.datasets import baron_pancreas
+from scpeft_hf.datasets import baron_pancreas, orthologs
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE
 from scpeft_hf.tasks.hub import shareable_files
 from scpeft_hf.tasks.metrics import classification_metrics
@@ -167,11 +167,15 @@ def test_bad_species_inputs_fail_in_one_line_and_write_nothing(workdir, tmp_path
     )
     nothing = tmp_path / "nothing.csv"
     nothing.write_text("source_gene,human_gene\nNotAGene,INS\n")
-    assert "0 of the AnnData's 14877 genes" in _fails(
+    assert "0 of the AnnData's 14,877 genes" in _fails(
         [*train, "--species", "pig", "--ortholog-table", str(nothing)], capsys
     )
     few = tmp_path / "few.csv"
-    few.write_text("source_gene,human_gene\nIns1,INS\nGcg,GCG\nActb,ACTB\n")
+    vocab = GeneVocab.from_file(DEMO_BACKBONE / "vocab.json")
+    shipped = orthologs("mouse")
+    shipped[shipped["human_gene"].isin(vocab.token_to_id)].head(50)[["source_gene", "human_gene"]].to_csv(
+        few, index=False
+    )
     assert "--strict" in _fails(
         [*train, "--species", "mouse", "--ortholog-table", str(few), "--strict"], capsys
     )
