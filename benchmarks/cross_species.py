@@ -123,13 +123,9 @@ def nearest_centroid(train_cells, train_labels, test_cells) -> np.ndarray:
 
 
 def score(truth, predictions, model_labels) -> dict:
-    import pandas as pd
-
     from scpeft_hf.tasks.metrics import label_transfer_metrics
 
-    return label_transfer_metrics(
-        pd.Series(np.asarray(truth)), pd.Series(np.asarray(predictions)), list(model_labels), LABEL_MAP, True
-    )
+    return label_transfer_metrics(truth, predictions, list(model_labels), LABEL_MAP, True)
 
 
 def train(adata, method, settings, args, seed, split_key=None):

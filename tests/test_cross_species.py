@@ -16,7 +16,7 @@ from scpeft_hf.data.orthologs import GENE_MAP_NAME, GeneMap
 from scpeft_hf.datasets import baron_pancreas, orthologs
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE
 from scpeft_hf.tasks.hub import shareable_files
-from scpeft_hf.tasks.metrics import classification_metrics
+from scpeft_hf.tasks.metrics import classification_metrics, label_transfer_metrics
 
 TINY = ["--epochs", "1", "--max-length", "64", "--batch-size", "32"]
 
@@ -193,3 +193,16 @@ def test_bad_species_inputs_fail_in_one_line_and_write_nothing(workdir, tmp_path
         capsys,
     )
     assert not out.exists()
+
+
+def test_label_transfer_metrics_count_unseen_labels_as_errors_or_leave_them_out():
+    truth = ["alpha", "beta", "T_cell", "schwann"]
+    predicted = ["alpha", "alpha", "t_cell", "alpha"]
+    known = ["alpha", "beta", "t_cell"]
+    every = label_transfer_metrics(truth, predicted, known, {"T_cell": "t_cell", "t_cell": "T_cell"})
+    assert (every["accuracy"], every["n_scored"], every["unseen_labels"]) == (0.5, 4, ["schwann"])
+    shared = label_transfer_metrics(truth, predicted, known, {"T_cell": "t_cell"}, shared_only=True)
+    assert (shared["accuracy"], shared["n_scored"], shared["n_excluded"]) == (pytest.approx(2 / 3), 3, 1)
+    assert shared["balanced_accuracy"] == pytest.approx((1 + 0 + 1) / 3)
+    without_map = label_transfer_metrics(truth, predicted, known, shared_only=True)
+    assert without_map["n_excluded"] == 2

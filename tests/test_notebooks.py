@@ -1,4 +1,5 @@
-"""The notebooks in `notebooks/` run top to bottom (their code cells, in order, in one namespace)."""
+"""The notebooks in `notebooks/` run top to bottom (their code cells, in order, in one namespace), each training an
+adapter (`result`) and annotating cells with it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from anndata import AnnData
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -21,6 +23,13 @@ def test_notebook_runs(notebook, tmp_path, monkeypatch):
     for index, cell in enumerate(cells):
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{notebook.name}[{index}]", "exec"), namespace)
-    assert namespace["result"].metrics["test_macro_f1"] > 0
-    assert (tmp_path / "pbmc-encoder-adapter" / "adapter_model.safetensors").is_file()
-    assert namespace["test"].obsm["X_scpeft"].shape[0] == namespace["test"].n_obs
+    # What every notebook shows: a trained adapter (`result`) and cells annotated with it.
+    result = namespace["result"]
+    assert result.metrics["test_macro_f1"] > 0
+    assert (tmp_path / result.out_dir / "adapter_model.safetensors").is_file()
+    annotated = [
+        value for value in namespace.values() if isinstance(value, AnnData) and "scpeft_pred" in value.obs
+    ]
+    assert annotated, f"{notebook.name} annotates no AnnData with predict()"
+    for adata in annotated:
+        assert adata.obsm["X_scpeft"].shape[0] == adata.n_obs

@@ -44,8 +44,8 @@ def read_label_map(path: str | Path) -> dict[str, str]:
 
 
 def label_transfer_metrics(
-    true_labels: pd.Series,
-    predictions: pd.Series,
+    true_labels,
+    predictions,
     model_labels: list[str],
     label_map: dict[str, str] | None = None,
     shared_only: bool = False,
@@ -57,7 +57,7 @@ def label_transfer_metrics(
     """
     known = set(model_labels)
     label_map = label_map or {}
-    truth = true_labels.astype(str).map(
+    truth = pd.Series(np.asarray(true_labels).astype(str)).map(
         lambda label: label if label in known or label_map.get(label) not in known else label_map[label]
     )
     shared = truth.isin(known).to_numpy()
@@ -68,7 +68,7 @@ def label_transfer_metrics(
             f"pass --label-map FILE to match their spellings"
         )
     scored = shared if shared_only else np.ones(len(truth), dtype=bool)
-    metrics = classification_metrics(truth.to_numpy()[scored], predictions.astype(str).to_numpy()[scored])
+    metrics = classification_metrics(truth.to_numpy()[scored], np.asarray(predictions).astype(str)[scored])
     return {
         **metrics,
         "n_cells": len(truth),
