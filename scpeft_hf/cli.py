@@ -78,59 +78,66 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import json
-
-    from .errors import MissingKeyError
     from .tasks.annotation import load_annotator
-    from .tasks.metrics import label_transfer_metrics, read_label_map
 
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
-    label_map = read_label_map(args.label_map) if args.label_map else None
-    adata = _read_h5ad(args.data)
-    if args.label_key and args.label_key not in adata.obs:
-        raise MissingKeyError(
-            f"--label-key {args.label_key} is not an obs column of {args.data}; obs has {list(adata.obs)}"
-        )
     annotator = load_annotator(args.adapter, base=args.base, species=args.species)
-    adata = annotator.predict(adata, batch_size=args.batch_size)
-    coverage = getattr(annotator.processor, "ortholog_coverage", None)
-    if coverage is not None:
-        print(f"Orthologs ({annotator.processor.species}): {coverage.report()}")
-    metrics = None
-    if args.label_key:
-        metrics = label_transfer_metrics(
-            adata.obs[args.label_key],
-            adata.obs["scpeft_pred"],
-            annotator.label_names,
-            label_map,
-            args.shared_labels_only,
-        )
-        metrics["orthologs"] = coverage.as_dict() if coverage is not None else None
+    adata = annotator.predict(_read_h5ad(args.data), batch_size=args.batch_size)
+    metrics = _score_predictions(args, adata, annotator) if args.label_key else None
     _write_h5ad(adata, args.out)
     counts = adata.obs["scpeft_pred"].value_counts()
     print(
         f"Annotated {adata.n_obs} cells into {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
     if metrics is not None:
-        metrics_path = Path(args.out).parent / "metrics.json"
-        partial = metrics_path.with_name(".metrics.json.partial")
-        partial.write_text(json.dumps(metrics, indent=2) + "\n")
-        partial.replace(metrics_path)
-        if args.shared_labels_only:
-            print(
-                f"Scored {metrics['n_scored']} cells with labels the adapter knows; excluded {metrics['n_excluded']}"
-            )
-        elif metrics["unseen_labels"]:
-            print(
-                f"{metrics['n_unseen_label_cells']} cells have labels the adapter never saw "
-                f"({', '.join(metrics['unseen_labels'])}): counted as errors (--shared-labels-only leaves them out)"
-            )
-        print(
-            f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, balanced accuracy "
-            f"{metrics['balanced_accuracy']:.4f} -> {metrics_path}"
-        )
+        _write_prediction_metrics(args, metrics)
     return 0
+
+
+def _score_predictions(args: argparse.Namespace, adata, annotator) -> dict:
+    """Metrics of `predict --label-key` (with the ortholog coverage under --species); checked before any write."""
+    from .errors import MissingKeyError
+    from .tasks.metrics import label_transfer_metrics, read_label_map
+
+    if args.label_key not in adata.obs:
+        raise MissingKeyError(
+            f"--label-key {args.label_key} is not an obs column of {args.data}: {list(adata.obs)}"
+        )
+    label_map = read_label_map(args.label_map) if args.label_map else None
+    metrics = label_transfer_metrics(
+        adata.obs[args.label_key],
+        adata.obs["scpeft_pred"],
+        annotator.label_names,
+        label_map,
+        args.shared_labels_only,
+    )
+    coverage = getattr(annotator.processor, "ortholog_coverage", None)
+    if coverage is not None:
+        print(f"Orthologs ({annotator.processor.species}): {coverage.report()}")
+    return {**metrics, "orthologs": coverage.as_dict() if coverage is not None else None}
+
+
+def _write_prediction_metrics(args: argparse.Namespace, metrics: dict) -> None:
+    import json
+
+    metrics_path = Path(args.out).parent / "metrics.json"
+    partial = metrics_path.with_name(".metrics.json.partial")
+    partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    partial.replace(metrics_path)
+    if args.shared_labels_only:
+        print(
+            f"Scored {metrics['n_scored']} cells with labels the adapter knows; excluded {metrics['n_excluded']}"
+        )
+    elif metrics["unseen_labels"]:
+        print(
+            f"{metrics['n_unseen_label_cells']} cells have labels the adapter never saw "
+            f"({', '.join(metrics['unseen_labels'])}): counted as errors (--shared-labels-only leaves them out)"
+        )
+    print(
+        f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f} -> {metrics_path}"
+    )
 
 
 def _embed(args: argparse.Namespace) -> int:
