@@ -206,3 +206,20 @@ def test_label_transfer_metrics_count_unseen_labels_as_errors_or_leave_them_out(
     assert shared["balanced_accuracy"] == pytest.approx((1 + 0 + 1) / 3)
     without_map = label_transfer_metrics(truth, predicted, known, shared_only=True)
     assert without_map["n_excluded"] == 2
+
+
+def test_species_on_a_geneformer_base_is_refused_in_one_line(tmp_path, capsys):
+    from tests.geneformer_helpers import write_tiny_geneformer
+
+    base = write_tiny_geneformer(tmp_path / "geneformer", 20)
+    cells = subsample(baron_pancreas("mouse"), 50)
+    cells.write_h5ad(tmp_path / "mouse.h5ad")
+    out = tmp_path / "out"
+    capsys.readouterr()  # the helper's progress bars
+    message = _fails(
+        ["train", "--data", str(tmp_path / "mouse.h5ad"), "--label-key", "cell_type", "--base", str(base),
+         "--species", "mouse", "--out", str(out), *TINY],
+        capsys,
+    )  # fmt: skip
+    assert "species applies to scGPT backbones" in message
+    assert not out.exists()
