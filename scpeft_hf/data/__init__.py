@@ -9,9 +9,11 @@ from .collator import ScGPTDataCollator
 from .geneformer_dictionaries import convert_dictionary_to_json, load_dictionary, safe_load_pickle
 from .geneformer_processor import GeneformerDataCollator, GeneformerProcessor, rank_value_order
 from .processor import ScGPTProcessor
+from .samplers import BatchGroupedSampler
 from .vocab import GeneMatch, GeneVocab, strip_ensembl_version
 
 __all__ = [
+    "BatchGroupedSampler",
     "GeneformerDataCollator",
     "GeneformerProcessor",
     "convert_dictionary_to_json",
