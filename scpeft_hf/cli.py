@@ -165,7 +165,11 @@ def _embed(args: argparse.Namespace) -> int:
     from .tasks.embedding import embed_cells
 
     adata = embed_cells(
-        _read_h5ad(args.data), base=args.base, adapter=args.adapter, batch_size=args.batch_size
+        _read_h5ad(args.data),
+        base=args.base,
+        adapter=args.adapter,
+        batch_size=args.batch_size,
+        batch_key=args.batch_key,
     )
     _write_h5ad(adata, args.out)
     print(
@@ -330,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", required=True, help=".h5ad file")
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
+    embed.add_argument(
+        "--batch-key",
+        default=None,
+        help="obs column with batches, for an `integrate` adapter (default: its own)",
+    )
     embed.set_defaults(handler=_embed)
 
     push = commands.add_parser(
