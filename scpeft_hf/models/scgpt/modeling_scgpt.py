@@ -361,9 +361,8 @@ class ScGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(
-            module, nn.BatchNorm1d
-        ):  # DSBN: buffers only (affine=False), absent from base checkpoints
+        elif isinstance(module, nn.BatchNorm1d):
+            # DSBN has buffers only (affine=False), and base checkpoints lack them.
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
