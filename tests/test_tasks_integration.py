@@ -10,16 +10,20 @@ import warnings
 import anndata as ad
 import numpy as np
 import pytest
+from huggingface_hub import constants
 
 from scpeft_hf import datasets
 from scpeft_hf.errors import InvalidInputError, MissingDependencyError, MissingKeyError
 from scpeft_hf.tasks.embedding import embed_cells
+from scpeft_hf.tasks.hub import push_adapter
 from scpeft_hf.tasks.integration import (
     IntegrationSettings,
     check_integration_input,
     integrate,
     load_integration_model,
 )
+from tests.hub_server import HubServer
+from tests.test_hub import hub_environment, run_scpeft
 
 FAST = IntegrationSettings(epochs=1, max_length=64, n_top_genes=300, batch_size=16)
 
@@ -98,7 +102,7 @@ def test_cli_prints_one_line_for_a_missing_batch_key(pbmc, tmp_path):
 
 
 @pytest.mark.slow
-def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path):
+def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path, monkeypatch):
     out = tmp_path / "integrated"
     result = integrate(baron, "donor", "cell_type", method="encoder", out_dir=out, settings=FAST)
     names = sorted(path.name for path in out.iterdir())
@@ -144,3 +148,18 @@ def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path
     with warnings.catch_warnings(), pytest.raises(MissingKeyError, match="--batch-key"):
         warnings.simplefilter("ignore")
         model.embed(baron, batch_key="run")
+
+    # `push` shares it (no label names needed); `embed --adapter USER/NAME` in a new process embeds the same.
+    with HubServer() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        push_adapter(out, "alice/baron-integration")
+        baron.write_h5ad(tmp_path / "baron.h5ad")
+        result = run_scpeft(
+            ["embed", "--adapter", "alice/baron-integration", "--data", str(tmp_path / "baron.h5ad"),
+             "--out", str(tmp_path / "embedded.h5ad")],
+            hub_environment(hub.url, tmp_path / "hf_home"),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from_hub = ad.read_h5ad(tmp_path / "embedded.h5ad").obsm["X_scpeft"]
+    np.testing.assert_allclose(from_hub, integrated.obsm["X_scpeft"], atol=1e-5)

@@ -26,6 +26,10 @@ def embed_cells(
     overriding the latter); without it, the base model's own (`config.cell_emb_style`). An adapter written by
     `integrate` reads each cell's batch from `obs[batch_key]` (default: the training run's batch column).
     """
+    if adapter is not None:
+        from .hub import resolve_adapter  # hub.py builds on the task modules, so it is imported on use
+
+        adapter = resolve_adapter(adapter)  # a Hub id becomes the downloaded folder
     if adapter is not None and _written_by_integrate(adapter):
         from .integration import load_integration_model
 

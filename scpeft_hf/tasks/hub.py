@@ -34,6 +34,7 @@ from ..data.processor import PROCESSOR_CONFIG_NAME, VOCAB_NAME
 from .annotation import METRICS, RUN_INFO
 from .backbones import is_hub_repo_id, load_processor
 from .card import render_adapter_card
+from .integration_report import render_integration_card
 from .methods import PEFT_METHODS
 
 CARD = "README.md"
@@ -75,7 +76,11 @@ def push_adapter(
     names = shareable_files(folder)
     check_repo_id(repo_id)
     run_info = json.loads((folder / RUN_INFO).read_text())
-    card = render_adapter_card(folder, adapter_ref=repo_id)
+    if run_info.get("task") == "integration":  # an `integrate` folder: no label names, its own card
+        metrics = json.loads((folder / METRICS).read_text())
+        card = render_integration_card(run_info, metrics, adapter_ref=repo_id)
+    else:
+        card = render_adapter_card(folder, adapter_ref=repo_id)
     token = token or get_token()
     if token is None:
         raise PermissionError(
@@ -109,7 +114,8 @@ def shareable_files(folder: Path) -> list[str]:
         raise FileNotFoundError(f"{folder} is not a folder; pass a folder written by `scpeft-hf train`")
     if not (folder / RUN_INFO).is_file():
         raise FileNotFoundError(f"{folder} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
-    method = json.loads((folder / RUN_INFO).read_text())["method"]
+    run_info = json.loads((folder / RUN_INFO).read_text())
+    method = run_info["method"]
     if method not in PEFT_METHODS:
         raise ValueError(
             f"{folder} holds a `{method}` model: the whole network, backbone included, not an adapter. "
@@ -122,7 +128,7 @@ def shareable_files(folder: Path) -> list[str]:
             f"{folder} lacks {', '.join(missing)}: not a complete adapter folder; train it again with "
             "`scpeft-hf train`"
         )
-    if not load_processor(folder).label_names:
+    if run_info.get("task") != "integration" and not load_processor(folder).label_names:
         raise ValueError(f"{folder / PROCESSOR_CONFIG_NAME} has no label_names; train the adapter again")
     return [*REQUIRED_FILES, *(name for name in PROCESSOR_FILES if (folder / name).is_file())]
 
