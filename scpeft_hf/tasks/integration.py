@@ -16,10 +16,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from peft import PeftModel
-from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
-from ..data import BatchGroupedSampler, GeneformerProcessor
+from ..data import GeneformerProcessor
 from ..errors import InvalidInputError, MissingDependencyError, MissingFileError, MissingKeyError
 from ..models.fingerprint import backbone_fingerprint
 from ..models.scgpt import ScGPTForBatchIntegration
@@ -34,8 +33,17 @@ from .backbones import (
 )
 from .inference import run_model
 from .integration_report import plot_integration_umap, render_integration_card
+from .integration_training import IntegrationTrainer, KeepLowestValidationLoss, validation_rows
 from .methods import PEFT_METHODS, prepare_model
-from .scib import EXTRA, INSTALL_HINT, integration_metrics, require_scib_metrics, scib_metrics_version
+from .scib import (
+    EXTRA,
+    INSTALL_HINT,
+    harmony_embedding,
+    integration_metrics,
+    pca_embedding,
+    require_scib_metrics,
+    scib_metrics_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +53,8 @@ INTEGRATED = "integrated.h5ad"
 METHODS = (*PEFT_METHODS, "full")
 # Trained and saved beside the adapter: the decoders, the batch modules and DSBN's running statistics.
 INTEGRATION_MODULES = ("decoder", "mvc_decoder", "batch_encoder", "batch_discriminator", "dsbn")
-KEY_ADDED = "X_scpeft"
+KEY_ADDED = "scpeft"  # the key_added scheme: obsm["X_scpeft"], obsm["X_scpeft_zero_shot"], uns["scpeft"]
+EMBEDDING_KEY = f"X_{KEY_ADDED}"
 
 
 @dataclass
@@ -141,89 +150,8 @@ def batch_ids(values, batch_names: list[str]) -> np.ndarray:
     return np.array([lookup.get(str(value), -1) for value in values], dtype=np.int64)
 
 
-class IntegrationTrainer(Trainer):
-    """`Trainer` whose mini-batches each hold one batch's cells (DSBN learns per-batch statistics), and whose
-    evaluation uses the collator in eval mode (fixed masks), so validation losses compare across epochs."""
-
-    def __init__(self, *args, eval_data_collator, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
-
-    def _grouped_loader(self, dataset, collator, batch_size: int, shuffle: bool) -> DataLoader:
-        sampler = BatchGroupedSampler(
-            dataset["batch_labels"], batch_size, shuffle=shuffle, seed=self.args.seed
-        )
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
-        return self.accelerator.prepare(loader)
-
-    def get_train_dataloader(self) -> DataLoader:
-        return self._grouped_loader(self.train_dataset, self.data_collator, self._train_batch_size, True)
-
-    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        return self._grouped_loader(dataset, self.eval_data_collator, self.args.eval_batch_size, False)
-
-
-class KeepLowestValidationLoss(TrainerCallback):
-    """Model selection without labels: remembers the trained tensors (parameters and DSBN statistics) of the
-    epoch with the lowest validation loss, and puts them back when training ends."""
-
-    def __init__(self, model: torch.nn.Module):
-        trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
-        buffers = {name for name, _ in model.named_buffers()}
-        self.names = trainable | buffers
-        self.best_loss, self.best_epoch, self.best_state = float("inf"), None, None
-
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if metrics and metrics.get("eval_loss", float("inf")) < self.best_loss:
-            self.best_loss, self.best_epoch = metrics["eval_loss"], state.epoch
-            self.best_state = {
-                name: tensor.detach().cpu().clone()
-                for name, tensor in model.state_dict().items()
-                if name in self.names
-            }
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state, strict=False)
-
-
-def _validation_rows(batches: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A random `fraction` of every batch (at least one cell each) as validation rows."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for label in np.unique(batches):
-        members = rng.permutation(np.flatnonzero(batches == label))
-        rows.append(members[: max(1, int(round(fraction * len(members))))])
-    return np.sort(np.concatenate(rows))
-
-
 def _normalised(embedding: np.ndarray) -> np.ndarray:
     return embedding / np.linalg.norm(embedding, axis=1, keepdims=True).clip(min=1e-12)
-
-
-def pca_embedding(adata: ad.AnnData, hvg_genes: list[str], n_comps: int = 50) -> np.ndarray:
-    """50 PCs of log-normalised expression of the highly variable genes (the baseline)."""
-    import scanpy as sc
-
-    cells = ad.AnnData(adata.X.astype(np.float32), obs=adata.obs[[]].copy())
-    cells.var_names = adata.var_names.astype(str)
-    sc.pp.normalize_total(cells, target_sum=1e4)
-    sc.pp.log1p(cells)
-    cells = cells[:, hvg_genes].copy()
-    sc.pp.pca(cells, n_comps=min(n_comps, cells.n_vars - 1, cells.n_obs - 1), random_state=0)
-    return cells.obsm["X_pca"]
-
-
-def harmony_embedding(pca: np.ndarray, adata: ad.AnnData, batch_key: str) -> np.ndarray | None:
-    """Harmony on the PCA baseline, when `harmonypy` is installed (else None)."""
-    try:
-        import harmonypy
-    except ImportError:
-        return None
-    result = harmonypy.run_harmony(pca, adata.obs, batch_key, random_state=0, verbose=False)
-    corrected = np.asarray(result.Z_corr)
-    return corrected.T if corrected.shape[0] != pca.shape[0] else corrected
 
 
 def integrate(
@@ -264,7 +192,7 @@ def integrate(
     batch_names = sorted(adata.obs[batch_key].astype(str).unique())
     cell_batches = batch_ids(adata.obs[batch_key], batch_names)
     dataset = processor(adata).add_column("batch_labels", cell_batches.tolist())
-    validation = _validation_rows(cell_batches, settings.validation_fraction, settings.seed)
+    validation = validation_rows(cell_batches, settings.validation_fraction, settings.seed)
     train = np.setdiff1d(np.arange(adata.n_obs), validation)
 
     staging = make_staging_dir(out_dir)
@@ -315,14 +243,16 @@ def integrate(
 
         embed_collator = make_collator(processor, train=False)
         integrated = adata.copy()
-        integrated.obsm[KEY_ADDED] = _normalised(run_model(model, dataset, embed_collator).cell_embeddings)
+        integrated.obsm[EMBEDDING_KEY] = _normalised(
+            run_model(model, dataset, embed_collator).cell_embeddings
+        )
         backbone = load_backbone(base_dir, processor).to(next(model.parameters()).device)
         zero_shot = run_model(
             backbone, dataset.remove_columns("batch_labels"), embed_collator
         ).cell_embeddings
-        integrated.obsm[f"{KEY_ADDED}_zero_shot"] = _normalised(zero_shot)
+        integrated.obsm[f"{EMBEDDING_KEY}_zero_shot"] = _normalised(zero_shot)
         integrated.obsm["X_pca"] = pca_embedding(adata, hvg_genes)
-        embeddings = {"scpeft": KEY_ADDED, "zero_shot": f"{KEY_ADDED}_zero_shot", "pca": "X_pca"}
+        embeddings = {"scpeft": EMBEDDING_KEY, "zero_shot": f"{EMBEDDING_KEY}_zero_shot", "pca": "X_pca"}
         harmony = harmony_embedding(integrated.obsm["X_pca"], adata, batch_key)
         if harmony is not None:
             integrated.obsm["X_harmony"] = harmony
@@ -360,9 +290,18 @@ def integrate(
             "training": asdict(settings) | {"learning_rate": learning_rate},
         }
         (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2))
+        integrated.uns[KEY_ADDED] = {
+            "task": "integration",
+            "method": method,
+            "base_model": run_info["base_model"],
+            "adapter": str(out_dir),
+            "batch_key": batch_key,
+            "embeddings": embeddings,
+            "metrics_library": metrics["metrics_library"],
+        }
         (staging / METRICS).write_text(json.dumps(metrics, indent=2))
         integrated.write_h5ad(staging / INTEGRATED)
-        plot_integration_umap(integrated, KEY_ADDED, batch_key, label_key, staging / "umap.png")
+        plot_integration_umap(integrated, EMBEDDING_KEY, batch_key, label_key, staging / "umap.png")
         (staging / "README.md").write_text(
             render_integration_card(run_info, metrics, adapter_ref=str(out_dir))
         )

@@ -3,13 +3,15 @@
 Individual metrics: NMI and ARI (Leiden clusters vs labels, resolution optimised), ASW cell type, ASW batch,
 graph connectivity, iLISI and cLISI. Aggregates as scGPT and scPEFT report them (DESIGN.md §7):
 avg_bio = mean(NMI, ARI, ASW_label), avg_batch = mean(ASW_batch, graph_conn), overall = 0.6 avg_bio + 0.4 avg_batch.
-Values are not comparable with the older `scib` package's.
+Values are not comparable with the older `scib` package's. The baselines beside every embedding: PCA of the
+log-normalised highly variable genes, and Harmony on it when `harmonypy` is installed.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 
+import anndata as ad
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
@@ -78,3 +80,27 @@ def integration_metrics(
     metrics["avg_batch"] = float(np.mean([metrics["asw_batch"], metrics["graph_conn"]]))
     metrics["overall"] = 0.6 * metrics["avg_bio"] + 0.4 * metrics["avg_batch"]
     return metrics
+
+
+def pca_embedding(adata: ad.AnnData, hvg_genes: list[str], n_comps: int = 50) -> np.ndarray:
+    """50 PCs of log-normalised expression of the highly variable genes (the baseline)."""
+    import scanpy as sc
+
+    cells = ad.AnnData(adata.X.astype(np.float32), obs=adata.obs[[]].copy())
+    cells.var_names = adata.var_names.astype(str)
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    cells = cells[:, hvg_genes].copy()
+    sc.pp.pca(cells, n_comps=min(n_comps, cells.n_vars - 1, cells.n_obs - 1), random_state=0)
+    return cells.obsm["X_pca"]
+
+
+def harmony_embedding(pca: np.ndarray, adata: ad.AnnData, batch_key: str) -> np.ndarray | None:
+    """Harmony on the PCA baseline, when `harmonypy` is installed (else None)."""
+    try:
+        import harmonypy
+    except ImportError:
+        return None
+    result = harmonypy.run_harmony(pca, adata.obs, batch_key, random_state=0, verbose=False)
+    corrected = np.asarray(result.Z_corr)
+    return corrected.T if corrected.shape[0] != pca.shape[0] else corrected
