@@ -56,23 +56,23 @@ def run_method(method: str, data: Path, workdir: Path, args: argparse.Namespace)
 
 
 def markdown(results: list[dict], args: argparse.Namespace, device: str) -> str:
+    from scpeft_hf.tasks.integration_report import metrics_table
+
     lines = [
         "# Batch integration: Baron human pancreas (4 donors)",
         "",
         f"`python benchmarks/integration.py {' '.join(sys.argv[1:])}` on {device} ({platform.processor() or 'CPU'}),"
         f" {args.epochs} epochs, base `{args.base or 'embedded demo backbone'}`. scIB metrics from "
         f"{results[0]['metrics']['metrics_library']}, computed on the CPU.",
-        "",
-        "| method | embedding | " + " | ".join(COLUMNS) + " | wall time (s) |",
-        "|---" * (len(COLUMNS) + 3) + "|",
     ]
     for result in results:
-        for name, scores in result["metrics"].items():
-            if not isinstance(scores, dict):
-                continue
-            cells = [f"{scores[c]:.3f}" if c in scores else "" for c in COLUMNS]
-            wall = f"{result['wall_seconds']:.0f}" if name == "scpeft" else ""
-            lines.append(f"| {result['method']} | {name} | " + " | ".join(cells) + f" | {wall} |")
+        lines += [
+            "",
+            f"## {result['method']}: {result['wall_seconds']:.0f} s wall time (training "
+            f"{result['metrics']['train_seconds']:.0f} s, scIB {result['metrics']['scib_seconds']:.0f} s)",
+            "",
+            metrics_table(result["metrics"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
