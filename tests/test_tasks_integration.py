@@ -127,7 +127,9 @@ def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path
     for key in ("X_scpeft", "X_scpeft_zero_shot"):
         assert np.allclose(np.linalg.norm(integrated.obsm[key], axis=1), 1, atol=1e-5)
     assert not np.allclose(integrated.obsm["X_scpeft"], integrated.obsm["X_scpeft_zero_shot"], atol=1e-3)
-    assert integrated.uns["scpeft"]["task"] == "integration" and integrated.uns["scpeft"]["batch_key"] == "donor"
+    assert (
+        integrated.uns["scpeft"]["task"] == "integration" and integrated.uns["scpeft"]["batch_key"] == "donor"
+    )
     assert "README.md" in names and "DSBN" in (out / "README.md").read_text()
 
     # Reload: the saved adapter, heads and DSBN statistics give the same embeddings.

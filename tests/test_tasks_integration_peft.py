@@ -111,3 +111,19 @@ def test_peft_trains_heads_and_dsbn_keeps_backbone_frozen_and_reloads_identicall
     with torch.no_grad(), model.disable_adapter():  # the adapter and DSBN statistics matter
         plain = model(**batch)
     assert not torch.allclose(plain.cell_embedding, expected.cell_embedding)
+
+
+def test_full_fine_tuned_model_saves_dsbn_statistics_and_reloads_identically(base_dir, tmp_path):
+    model, _ = prepare_model(load(base_dir, seed=0), "full")
+    rows = cells()
+    collator = ScGPTDataCollator(pad_token_id=PAD, mlm_probability=0.4)
+    model.train()
+    for chunk in BatchGroupedSampler([row["batch_labels"] for row in rows], batch_size=3, seed=0):
+        model(**collator([rows[i] for i in chunk])).loss.backward()
+    assert int(model.scgpt.dsbn.bns[1].num_batches_tracked) == 2
+    model.save_pretrained(tmp_path / "full")
+    reloaded = ScGPTForBatchIntegration.from_pretrained(tmp_path / "full").eval()
+    assert torch.equal(reloaded.scgpt.dsbn.bns[1].running_var, model.scgpt.dsbn.bns[1].running_var)
+    batch = ScGPTDataCollator(pad_token_id=PAD, training=False)(rows)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).cell_embedding, model.eval()(**batch).cell_embedding)

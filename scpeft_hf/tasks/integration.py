@@ -59,7 +59,9 @@ EMBEDDING_KEY = f"X_{KEY_ADDED}"
 
 @dataclass
 class IntegrationSettings:
-    """How an integration model is trained. The objective's defaults are scGPT's integration tutorial."""
+    """How an integration model is trained. The objective's defaults are scGPT's integration tutorial, except
+    `include_zero_genes`: the tutorial feeds all 1,200 genes of every cell, zeros included; the default here
+    feeds each cell's expressed genes only (several times shorter sequences, so it fits a CPU)."""
 
     epochs: int = 15
     batch_size: int = 32
