@@ -3,15 +3,13 @@ saved; the backbone stays frozen; a reload embeds identically."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from peft import PeftModel
 
 from scpeft_hf.data import BatchGroupedSampler, ScGPTDataCollator
 from scpeft_hf.models.scgpt import ScGPTConfig, ScGPTForBatchIntegration, ScGPTForMaskedExpressionModeling
-from scpeft_hf.tasks.integration import INTEGRATION_MODULES, IntegrationSettings, _objective
+from scpeft_hf.tasks.integration import INTEGRATION_MODULES, IntegrationSettings, integration_model
 from scpeft_hf.tasks.methods import prepare_model
 
 PAD, CLS = 0, 1
@@ -39,11 +37,7 @@ def base_dir(tmp_path_factory):
 
 def load(base_dir, seed: int) -> ScGPTForBatchIntegration:
     torch.manual_seed(seed)  # fresh heads differ between seeds: a reload must not rely on them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ScGPTForBatchIntegration.from_pretrained(
-            base_dir, ignore_mismatched_sizes=True, **_objective(IntegrationSettings(), num_batches=2)
-        )
+    return integration_model(base_dir, IntegrationSettings(), num_batches=2)
 
 
 def cells(n: int = 12, length: int = 10):

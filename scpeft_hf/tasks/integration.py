@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 from peft import PeftModel
 from transformers import TrainingArguments
+from transformers.utils import logging as transformers_logging
 
 from ..data import GeneformerProcessor
 from ..errors import InvalidInputError, MissingDependencyError, MissingFileError, MissingKeyError
@@ -200,11 +201,7 @@ def integrate(
     staging = make_staging_dir(out_dir)
     try:
         torch.manual_seed(settings.seed)
-        with warnings.catch_warnings():  # the decoders widen to read the batch embedding: they start fresh
-            warnings.simplefilter("ignore")
-            model = ScGPTForBatchIntegration.from_pretrained(
-                base_dir, ignore_mismatched_sizes=True, **_objective(settings, len(batch_names))
-            )
+        model = integration_model(base_dir, settings, len(batch_names))
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -314,6 +311,23 @@ def integrate(
     return IntegrationResult(out_dir, metrics)
 
 
+def integration_model(
+    base_dir: Path, settings: IntegrationSettings, num_batches: int
+) -> ScGPTForBatchIntegration:
+    """The base model with the integration heads. The decoders widen to read the batch embedding and the batch
+    modules are new, so they start fresh: transformers' load report (a table of those keys) is not shown."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ScGPTForBatchIntegration.from_pretrained(
+                base_dir, ignore_mismatched_sizes=True, **_objective(settings, num_batches)
+            )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def _objective(settings: IntegrationSettings, num_batches: int) -> dict:
     return dict(
         num_batch_labels=num_batches,
@@ -379,11 +393,7 @@ def load_integration_model(adapter_dir: str | Path, base: str | Path | None = No
         settings = IntegrationSettings(
             **{k: v for k, v in run_info["training"].items() if k in IntegrationSettings.__dataclass_fields__}
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = ScGPTForBatchIntegration.from_pretrained(
-                base_dir, ignore_mismatched_sizes=True, **_objective(settings, len(run_info["batch_names"]))
-            )
+        model = integration_model(base_dir, settings, len(run_info["batch_names"]))
         if backbone_fingerprint(model) != run_info["base_model_fingerprint"]:
             raise InvalidInputError(
                 f"the adapter in {adapter_dir} was trained on another base model than {base_dir}; pass --base with "
