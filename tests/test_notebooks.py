@@ -21,7 +21,11 @@ def test_notebook_runs(notebook, tmp_path, monkeypatch):
     for index, cell in enumerate(cells):
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{notebook.name}[{index}]", "exec"), namespace)
-    # A notebook that trains an annotation adapter names it `result`; cells it annotates carry their embeddings.
+    CHECKS.get(notebook.stem, _check_annotation_outputs)(namespace, tmp_path)
+
+
+def _check_annotation_outputs(namespace: dict, tmp_path: Path) -> None:
+    """A notebook that trains an annotation adapter names it `result`; cells it annotates carry embeddings."""
     if "result" in namespace:
         result = namespace["result"]
         assert result.metrics["test_macro_f1"] > 0
@@ -31,3 +35,19 @@ def test_notebook_runs(notebook, tmp_path, monkeypatch):
     ]
     for adata in annotated:
         assert adata.obsm["X_scpeft"].shape[0] == adata.n_obs
+
+
+def _check_annotate_pbmc(namespace: dict, tmp_path: Path) -> None:
+    assert namespace["result"].metrics["test_macro_f1"] > 0
+    assert (tmp_path / "pbmc-encoder-adapter" / "adapter_model.safetensors").is_file()
+    assert namespace["test"].obsm["X_scpeft"].shape[0] == namespace["test"].n_obs
+
+
+def _check_integrate_pancreas(namespace: dict, tmp_path: Path) -> None:
+    metrics = namespace["result"].metrics
+    assert all(0 <= metrics[name]["overall"] <= 1 for name in ("scpeft", "zero_shot", "pca"))
+    assert (tmp_path / "pancreas-integration" / "adapter_model.safetensors").is_file()
+    assert abs(namespace["again"] - namespace["integrated"].obsm["X_scpeft"]).max() < 1e-5
+
+
+CHECKS = {"annotate_pbmc": _check_annotate_pbmc, "integrate_pancreas": _check_integrate_pancreas}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -18,13 +19,26 @@ def embed_cells(
     adapter: str | Path | None = None,
     batch_size: int = 64,
     species: str | None = None,
+    batch_key: str | None = None,
 ) -> ad.AnnData:
     """Write one embedding per cell to `adata.obsm["X_scpeft"]` and return `adata`.
 
     With `adapter`, the adapted model's embedding is used (the adapter's processor and base model, `base`
     overriding the latter); without it, the base model's own (`config.cell_emb_style`). `species` maps the
-    cells' genes to human ones through the shipped ortholog table (see `scpeft_hf.data.orthologs`).
+    cells' genes to human ones through the shipped ortholog table (see `scpeft_hf.data.orthologs`). An adapter
+    written by `integrate` reads each cell's batch from `obs[batch_key]` (default: the training run's batch column).
     """
+    if adapter is not None:
+        from .hub import resolve_adapter  # hub.py builds on the task modules, so it is imported on use
+
+        adapter = resolve_adapter(adapter)  # a Hub id becomes the downloaded folder
+    if adapter is not None and _written_by_integrate(adapter):
+        from .integration import load_integration_model
+
+        adata.obsm["X_scpeft"] = load_integration_model(adapter, base=base).embed(
+            adata, batch_key, batch_size
+        )
+        return adata
     if adapter is not None:
         annotator = load_annotator(adapter, base=base, species=species)
         model, processor = annotator.model, annotator.processor
@@ -35,3 +49,8 @@ def embed_cells(
     result = run_model(model, processor(adata), make_collator(processor, train=False), batch_size)
     adata.obsm["X_scpeft"] = result.cell_embeddings
     return adata
+
+
+def _written_by_integrate(adapter: str | Path) -> bool:
+    run_info = Path(adapter) / "run_info.json"
+    return run_info.is_file() and json.loads(run_info.read_text()).get("task") == "integration"

@@ -31,34 +31,43 @@ DEFAULT_LEARNING_RATES = {
 TASK_HEADS = {"scgpt": "classifier", "bert": "classifier"}
 
 
-def peft_config(method: str, model: PreTrainedModel) -> PeftConfig:
-    """The adapter config of `method` with our documented defaults, for this model."""
+def peft_config(method: str, model: PreTrainedModel, modules_to_save: list[str] | None = None) -> PeftConfig:
+    """The adapter config of `method` with our documented defaults, for this model. `modules_to_save` replaces
+    the default (the model type's task head) with the modules a task trains next to the adapter."""
     if method == "encoder":
-        return EncoderAdapterConfig()
+        return EncoderAdapterConfig(modules_to_save=modules_to_save)
     if method == "token":
-        return TokenAdapterConfig()
+        return TokenAdapterConfig(modules_to_save=modules_to_save)
     if method == "prefix":
-        return PrefixAdapterConfig()
+        return PrefixAdapterConfig(modules_to_save=modules_to_save)
     if method == "lora":
         head = TASK_HEADS.get(model.config.model_type)
-        return scpeft_lora_config(num_layers=model.config.num_hidden_layers, modules_to_save=[head])
+        return scpeft_lora_config(
+            num_layers=model.config.num_hidden_layers, modules_to_save=modules_to_save or [head]
+        )
     raise InvalidInputError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
 
-def prepare_model(model: PreTrainedModel, method: str, learning_rate: float | None = None):
+def prepare_model(
+    model: PreTrainedModel,
+    method: str,
+    learning_rate: float | None = None,
+    modules_to_save: list[str] | None = None,
+):
     """Make exactly the parameters of `method` trainable. Returns (model, learning rate)."""
     if method not in METHODS:
         raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
-        model = get_peft_model(model, peft_config(method, model))
+        model = get_peft_model(model, peft_config(method, model, modules_to_save))
     elif method == "probe":
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith(head + ".")
     else:
         model.requires_grad_(True)
-    warn_if_head_untrained(model)
+    if modules_to_save is None:  # a task that names its own modules (integration) trains no classifier
+        warn_if_head_untrained(model)
     return model, learning_rate
 
 
