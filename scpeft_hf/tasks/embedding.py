@@ -7,9 +7,9 @@ from pathlib import Path
 import anndata as ad
 import torch
 
-from .annotation import load_annotator
 from .backbones import load_backbone, load_processor, make_collator, resolve_base
 from .inference import run_model
+from .trained import load_trained_model
 
 
 def embed_cells(
@@ -24,8 +24,7 @@ def embed_cells(
     overriding the latter); without it, the base model's own (`config.cell_emb_style`).
     """
     if adapter is not None:
-        annotator = load_annotator(adapter, base=base)
-        model, processor = annotator.model, annotator.processor
+        model, processor, _ = load_trained_model(adapter, base)
     else:
         base_dir = resolve_base(base)
         processor = load_processor(base_dir)
