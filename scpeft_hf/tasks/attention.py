@@ -202,16 +202,25 @@ def attention_gene_scores(
     matrix = sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=adata.shape
     )
-    lengths = np.asarray(dataset["length"])
+    if isinstance(
+        processor, GeneformerProcessor
+    ):  # the processor already cut cells to their top-ranked genes
+        vocabulary_columns = column_of_token[column_of_token >= 0]
+        expressed = np.asarray((adata.X[:, vocabulary_columns] > 0).sum(1)).ravel()
+        n_subset, rule = (
+            int((expressed > processor.max_genes).sum()),
+            "top-ranked genes (Geneformer truncation)",
+        )
+    else:
+        n_subset = int((np.asarray(dataset["length"]) > processor.max_length).sum())
+        rule = "the eval collator's seeded per-cell subset"
     settings = {
         "method": method,
         "layer": int(layer % num_layers),
         "num_layers": int(num_layers),
         "max_length": int(processor.max_length),
-        "n_cells_subset": int((lengths > processor.max_length).sum()),
-        "subset_rule": "eval collator's per-cell seeded subset"
-        if not isinstance(processor, GeneformerProcessor)
-        else "top-ranked genes (Geneformer truncation)",
+        "n_cells_subset": n_subset,
+        "subset_rule": rule,
         "seconds": seconds,
     }
     return matrix, settings
