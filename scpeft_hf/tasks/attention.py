@@ -125,6 +125,11 @@ def _token_of_column(processor: Processor, adata: ad.AnnData) -> np.ndarray:
     return np.asarray(getattr(match, "token_ids", match))
 
 
+def vocabulary_genes(processor: Processor, adata: ad.AnnData) -> np.ndarray:
+    """Boolean mask over `var`: the genes the model can score (those in its vocabulary)."""
+    return _token_of_column(processor, adata) >= 0
+
+
 def _column_of_token(processor: Processor, adata: ad.AnnData) -> np.ndarray:
     """An array over token ids: the `var` column each gene token came from (-1 for other tokens)."""
     token_ids = _token_of_column(processor, adata)
@@ -171,7 +176,7 @@ def attention_gene_scores(
     model.eval()
     device = next(model.parameters()).device
     rows, cols, values = [], [], []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         for batch in loader:
             model(**{name: tensor.to(device) for name, tensor in batch.items()})
@@ -198,7 +203,7 @@ def attention_gene_scores(
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     matrix = sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=adata.shape
     )
@@ -222,6 +227,7 @@ def attention_gene_scores(
         "n_cells_subset": n_subset,
         "subset_rule": rule,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
     }
     return matrix, settings
 
@@ -243,7 +249,7 @@ def score_genes(
     matrix, settings = attention_gene_scores(
         model, processor, adata, method=method, layer=layer, batch_size=batch_size
     )
-    vocabulary = _token_of_column(processor, adata) >= 0
+    vocabulary = vocabulary_genes(processor, adata)
     adata.layers[key_added] = matrix
     adata.uns[key_added] = settings | {
         "adapter": str(adapter),
@@ -299,8 +305,9 @@ def find_markers(
         "reference": reference,
         "top": top,
         "n_cells": int(adata.n_obs),
-        "scores": {key: value for key, value in settings.items() if key != "seconds"},
+        "scores": {key: value for key, value in settings.items() if "seconds" not in key},
         "seconds_per_1000_cells": 1000 * settings["seconds"] / max(adata.n_obs, 1),
+        "cpu_seconds_per_1000_cells": 1000 * settings["cpu_seconds"] / max(adata.n_obs, 1),
         "wilcoxon_input": preprocessing,
         "groups": {},
         "skipped_groups": {name: f"{count} cells (< 3): not ranked" for name, count in skipped.items()},
