@@ -162,6 +162,7 @@ def attention_gene_scores(
     num_heads = model.config.num_attention_heads
     column_of_token = _column_of_token(processor, adata)
     special = torch.tensor(_special_token_ids(processor))
+    started, cpu_started = time.perf_counter(), time.process_time()
     dataset = processor(adata)
     collator = make_collator(processor, train=False)
     columns = [name for name in dataset.column_names if name in ("input_ids", "values")]
@@ -176,7 +177,6 @@ def attention_gene_scores(
     model.eval()
     device = next(model.parameters()).device
     rows, cols, values = [], [], []
-    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         for batch in loader:
             model(**{name: tensor.to(device) for name, tensor in batch.items()})
@@ -207,15 +207,12 @@ def attention_gene_scores(
     matrix = sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=adata.shape
     )
-    if isinstance(
-        processor, GeneformerProcessor
-    ):  # the processor already cut cells to their top-ranked genes
+    if isinstance(processor, GeneformerProcessor):
+        # the processor itself cut over-long cells to their top-ranked genes
         vocabulary_columns = column_of_token[column_of_token >= 0]
         expressed = np.asarray((adata.X[:, vocabulary_columns] > 0).sum(1)).ravel()
-        n_subset, rule = (
-            int((expressed > processor.max_genes).sum()),
-            "top-ranked genes (Geneformer truncation)",
-        )
+        n_subset = int((expressed > processor.max_genes).sum())
+        rule = "top-ranked genes (Geneformer truncation)"
     else:
         n_subset = int((np.asarray(dataset["length"]) > processor.max_length).sum())
         rule = "the eval collator's seeded per-cell subset"
@@ -340,21 +337,31 @@ def log_normalised_genes(adata: ad.AnnData, genes: np.ndarray) -> tuple[ad.AnnDa
     return cells, ".X taken as log-normalised (non-integer values), restricted to the vocabulary genes"
 
 
-def plot_markers(adata: ad.AnnData, label_key: str, path: Path, n_genes: int = 5) -> None:
-    """Dotplot of each group's top `n_genes`: colour = mean attention score in the group, size = cells scored."""
+def markers_figure(adata: ad.AnnData, label_key: str, n_genes: int = 5) -> Figure:
+    """Dotplot (scanpy) of each group's top `n_genes` in `adata.uns["scpeft_markers"]`: colour = mean attention
+    score in the group, size = fraction of its cells in which the gene was scored."""
     import scanpy as sc
 
     names = adata.uns["scpeft_markers"]["names"]
     genes = {group: [str(gene) for gene in names[group][:n_genes]] for group in names.dtype.names}
     width = 3 + 0.3 * sum(map(len, genes.values()))
     figure = Figure(figsize=(width, 2 + 0.35 * adata.obs[label_key].nunique()))
-    axis = figure.add_subplot()
     plot = sc.pl.DotPlot(
-        adata, genes, groupby=label_key, layer=SCORES_KEY, ax=axis, title="Attention marker genes"
+        adata,
+        genes,
+        groupby=label_key,
+        layer=SCORES_KEY,
+        ax=figure.add_subplot(),
+        title="Attention marker genes",
     )
     plot.legend(colorbar_title="mean attention\nscore", size_title="fraction of cells\nscored")
     plot.make_figure()
-    figure.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return figure
+
+
+def plot_markers(adata: ad.AnnData, label_key: str, path, n_genes: int = 5) -> None:
+    """Save :func:`markers_figure` as PNG to `path` (a file name or a binary file object)."""
+    markers_figure(adata, label_key, n_genes).savefig(path, format="png", dpi=120, bbox_inches="tight")
 
 
 def _write_all(paths: dict[str, Path], table: pd.DataFrame, summary: dict, plot) -> None:
