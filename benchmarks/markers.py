@@ -9,7 +9,7 @@ every cell with `find_markers` (qk-rank and cls-softmax, reference "rest", top 2
 - scoring time per 1,000 cells (wall clock and process CPU time; the machine may be shared).
 
     python benchmarks/markers.py --dataset pbmc68k                   # embedded backbone
-    python benchmarks/markers.py --dataset baron --base BACKBONE     # Baron human pancreas on another backbone
+    python benchmarks/markers.py --dataset baron --base scpeft_hf/assets/scgpt-offline-v1   # Baron human pancreas
 
 Each run writes `benchmarks/results/markers_<dataset>.json`; `benchmarks/results/markers.md` is rebuilt from every
 such file present.
@@ -45,7 +45,7 @@ DATASETS = {
     ),
     "baron": (
         "baron_pancreas",
-        "cell_type1",
+        "cell_type",
         {
             "beta": ["INS"],
             "alpha": ["GCG"],
