@@ -237,7 +237,14 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="backbone folder (default: the embedded demo backbone)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: a shared CPU thrashes with more)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     result = run(args.dataset, args.base, args.epochs, args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"markers_{args.dataset}.json").write_text(json.dumps(result, indent=2))
