@@ -259,7 +259,7 @@ def test_rank_genes_by_score_refuses_unknown_layer(trained_adapter):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--label-key", "cell_type"], "Label column 'cell_type' is not in adata.obs"),
+        (["--label-key", "celltype"], "Label column 'celltype' is not in adata.obs"),
         (["--reference", "Platelet"], "--reference 'Platelet' is not a group"),
         (["--attention-layer", "4"], "--attention-layer 4 is out of range: the model has 4 layers"),
         (["--attention-layer", "-5"], "--attention-layer -5 is out of range"),
