@@ -97,7 +97,7 @@ def backbone_top_genes(adata, adapter: Path, label_key: str, genes) -> dict[str,
     return {group: rows["gene"].tolist() for group, rows in table.groupby("group")}
 
 
-def run(dataset: str, base: str | None, epochs: int, seed: int) -> dict:
+def run(dataset: str, base: str | None, epochs: int, seed: int, threads: int) -> dict:
     from scpeft_hf.tasks.annotation import TrainingSettings, train_annotation
     from scpeft_hf.tasks.attention import find_markers, vocabulary_genes
     from scpeft_hf.tasks.backbones import load_processor
@@ -129,6 +129,7 @@ def run(dataset: str, base: str | None, epochs: int, seed: int) -> dict:
                 for key in ("test_accuracy", "test_macro_f1", "test_balanced_accuracy")
             },
         }
+        torch.set_num_threads(threads)  # training (accelerate) resets the thread count
         for method in ("qk-rank", "cls-softmax"):
             scored = adata.copy()
             summary = find_markers(
@@ -245,7 +246,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = run(args.dataset, args.base, args.epochs, args.seed)
+    result = run(args.dataset, args.base, args.epochs, args.seed, args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"markers_{args.dataset}.json").write_text(json.dumps(result, indent=2))
     results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("markers_*.json"))]
