@@ -228,6 +228,7 @@ def small_groups_data(trained_adapter):
     return subset
 
 
+@pytest.mark.slow
 def test_markers_library_call_skips_groups_under_three_cells(trained_adapter, tmp_path):
     adata = small_groups_data(trained_adapter)
     summary = find_markers(adata, trained_adapter / "encoder", "bulk_labels", tmp_path / "m.csv", top=10,
@@ -250,12 +251,13 @@ def test_markers_library_call_skips_groups_under_three_cells(trained_adapter, tm
     assert ours["score"].iloc[0] == pytest.approx(difference, rel=1e-6)
 
 
-def test_rank_genes_by_score_refuses_unknown_layer(trained_adapter):
-    adata = small_groups_data(trained_adapter)
+def test_rank_genes_by_score_refuses_unknown_layer(cells):
+    adata = cells.copy()
     with pytest.raises(KeyError, match="layers"):
         rank_genes_by_score(adata, "bulk_labels", SCORES_KEY)
 
 
+@pytest.mark.slow  # the trained adapter takes minutes; each case itself stops before scoring
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -286,6 +288,7 @@ def test_markers_bad_input_is_one_line_and_writes_nothing(trained_adapter, tmp_p
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_markers_write_all_three_files_or_none(trained_adapter, tmp_path, monkeypatch):
     adata = small_groups_data(trained_adapter)
     out = tmp_path / "m.csv"
