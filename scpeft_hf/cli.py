@@ -1,4 +1,5 @@
-"""The `scpeft-hf` command line: convert, pretrain, train, integrate, predict, embed, push and demo."""
+"""The `scpeft-hf` command line: convert, pretrain, train, integrate, predict, embed, markers, push, datasets and
+demo."""
 
 from __future__ import annotations
 
@@ -255,6 +256,33 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _markers(args: argparse.Namespace) -> int:
+    from .tasks.attention import find_markers, marker_paths
+
+    summary = find_markers(
+        _read_h5ad(args.data),
+        args.adapter,
+        args.label_key,
+        args.out,
+        top=args.top,
+        layer=args.attention_layer,
+        reference=args.reference,
+        method=args.method,
+        base=args.base,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    for group, result in summary["groups"].items():
+        print(
+            f"{group}: {', '.join(result['top_genes'][:5])} ... ({result['overlap_with_wilcoxon']}/{args.top} "
+            "shared with Wilcoxon)"
+        )
+    for group, reason in summary["skipped_groups"].items():
+        print(f"{group}: skipped, {reason}")
+    print(f"Wrote {', '.join(str(path) for path in marker_paths(args.out).values())}")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .tasks.hub import push_adapter
 
@@ -468,6 +496,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="obs column with batches, for an `integrate` adapter (default: its own)",
     )
     embed.set_defaults(handler=_embed)
+
+    markers = commands.add_parser(
+        "markers",
+        help="marker genes per cell type from a trained model's attention",
+        description="Score each cell's genes by the attention of one layer of a trained model (adapter active), "
+        "rank genes per group (mean score in the group minus the reference's, Mann-Whitney U p-values with "
+        "Benjamini-Hochberg correction) and compare each group's top genes with scanpy's Wilcoxon ranking. Writes "
+        "--out (csv: group, rank, gene, score, pvalue, pvalue_adj), a dotplot (.png) and <stem>_summary.json beside "
+        "it: all three or none.",
+    )
+    markers.add_argument(
+        "--adapter", required=True, help="folder written by `scpeft-hf train`, or a Hub repo"
+    )
+    markers.add_argument("--data", required=True, help=".h5ad file with cells x genes (raw counts in .X)")
+    markers.add_argument(
+        "--label-key", required=True, help="obs column with the groups (e.g. cell_type, or scpeft_pred)"
+    )
+    markers.add_argument("--out", required=True, help="csv file to write (markers.csv)")
+    markers.add_argument("--top", type=int, default=20, help="genes per group in the table (default 20)")
+    markers.add_argument(
+        "--attention-layer", type=int, default=-1, help="encoder layer to read (default -1, the last)"
+    )
+    markers.add_argument(
+        "--reference", default="rest", help="'rest' (all other cells, default) or the name of one group"
+    )
+    markers.add_argument(
+        "--method",
+        choices=["qk-rank", "cls-softmax"],
+        default="qk-rank",
+        help="qk-rank (scPEFT's rank-normalised q.k) or cls-softmax (the <cls> attention probabilities)",
+    )
+    markers.add_argument(
+        "--base", default=None, help="base model folder (default: the one the adapter names)"
+    )
+    markers.add_argument("--batch-size", type=int, default=16, help="cells per forward pass")
+    markers.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    markers.set_defaults(handler=_markers)
 
     push = commands.add_parser(
         "push",

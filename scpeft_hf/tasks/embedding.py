@@ -8,9 +8,9 @@ from pathlib import Path
 import anndata as ad
 import torch
 
-from .annotation import load_annotator
 from .backbones import load_backbone, load_processor, make_collator, resolve_base
 from .inference import run_model
+from .trained import load_trained_model
 
 
 def embed_cells(
@@ -40,8 +40,7 @@ def embed_cells(
         )
         return adata
     if adapter is not None:
-        annotator = load_annotator(adapter, base=base, species=species)
-        model, processor = annotator.model, annotator.processor
+        model, processor, _ = load_trained_model(adapter, base, species=species)
     else:
         base_dir = resolve_base(base)
         processor = load_processor(base_dir, species=species)
