@@ -30,7 +30,19 @@ METHODS = ("full", "encoder_adapter", "token_adapter", "prefix_adapter", "lora")
 NUM_LABELS = 10
 
 
-def build_model(method: str, device: str, checkpointing: bool, attention_dropout: float | None = None):
+def build_model(
+    method: str,
+    device: str,
+    checkpointing: bool,
+    attention_dropout: float | None = None,
+    layers: list[int] | None = None,
+    config_kwargs: dict | None = None,
+):
+    """A randomly initialised scGPT cell classifier with `method` attached (peft's model unless "full").
+
+    `layers`: encoder layers that get the adapter, prefix or LoRA (None: the config's default, the first half).
+    `config_kwargs`: ScGPTConfig fields other than scGPT-human's (e.g. smaller sizes for a quick check).
+    """
     import torch
     from peft import get_peft_model
 
@@ -44,7 +56,7 @@ def build_model(method: str, device: str, checkpointing: bool, attention_dropout
     )
 
     torch.manual_seed(0)
-    config = ScGPTConfig(num_labels=NUM_LABELS)
+    config = ScGPTConfig(num_labels=NUM_LABELS, **(config_kwargs or {}))
     if attention_dropout is not None:
         config.attention_probs_dropout_prob = attention_dropout
     model = ScGPTForCellClassification(config).to(device)
@@ -56,11 +68,13 @@ def build_model(method: str, device: str, checkpointing: bool, attention_dropout
         else:  # transformers before the rename
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     peft_configs = {
-        "encoder_adapter": EncoderAdapterConfig,
+        "encoder_adapter": lambda: EncoderAdapterConfig(layers_to_transform=layers),
         "token_adapter": TokenAdapterConfig,
-        "prefix_adapter": PrefixAdapterConfig,
-        "lora": lambda: scpeft_lora_config(num_layers=config.num_hidden_layers),
+        "prefix_adapter": lambda: PrefixAdapterConfig(layers_to_transform=layers),
+        "lora": lambda: scpeft_lora_config(layers=layers, num_layers=config.num_hidden_layers),
     }
+    if layers is not None and method in ("full", "token_adapter"):
+        raise ValueError(f"{method} has no layer placement (layers={layers})")
     if method != "full":
         model = get_peft_model(model, peft_configs[method]())
     return model, config
@@ -81,6 +95,26 @@ def cell_batch(config, batch_size: int, seq_len: int, device: str, seed: int = 1
     }
     labels = torch.randint(0, NUM_LABELS, (batch_size,), generator=generator).to(device)
     return batch, labels
+
+
+def timed_steps(step, steps: int, warmup: int, device: str) -> tuple[list[float], list[float]]:
+    """Call `step()` `warmup + steps` times; wall-clock and process-CPU seconds of the last `steps` calls."""
+    import torch
+
+    def synchronize():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    wall_times, cpu_times = [], []
+    for index in range(warmup + steps):
+        synchronize()
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        synchronize()
+        if index >= warmup:
+            wall_times.append(time.perf_counter() - wall_start)
+            cpu_times.append(time.process_time() - cpu_start)
+    return wall_times, cpu_times
 
 
 def backward_reach(model, batch: dict) -> str:
@@ -132,21 +166,12 @@ def worker(
     optimizer = torch.optim.AdamW(trainable_parameters, lr=1e-4)
     batch, labels = cell_batch(config, batch_size, seq_len, device)
 
-    def synchronize():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    wall_times, cpu_times = [], []
-    for step in range(warmup + steps):
-        synchronize()
-        wall_start, cpu_start = time.perf_counter(), time.process_time()
+    def step():
         optimizer.zero_grad(set_to_none=True)
         model(**batch, labels=labels).loss.backward()
         optimizer.step()
-        synchronize()
-        if step >= warmup:
-            wall_times.append(time.perf_counter() - wall_start)
-            cpu_times.append(time.process_time() - cpu_start)
+
+    wall_times, cpu_times = timed_steps(step, steps, warmup, device)
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cuda_peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None

@@ -1,16 +1,13 @@
 """scpeft-hf: parameter-efficient fine-tuning of single-cell foundation models on the Hugging Face stack.
 
-Importing the package registers its models with transformers' Auto classes and its tuners with peft.
+Importing the package registers its models with transformers' Auto classes and its tuners with peft. Those need
+only torch, transformers and peft; the data room (processors, collators: anndata, datasets, pyarrow) is imported
+on first use of one of its names, so `import scpeft_hf` also works where only the model stack is installed.
 """
 
-from .data import (
-    GeneformerDataCollator,
-    GeneformerProcessor,
-    GeneMatch,
-    GeneVocab,
-    ScGPTDataCollator,
-    ScGPTProcessor,
-)
+import importlib
+from typing import Any
+
 from .models.geneformer import (
     GeneformerForCellClassification,
     GeneformerModel,
@@ -34,6 +31,32 @@ from .tuners import (
 )
 
 __version__ = "0.1.0"
+
+# names served from the data room on first access (PEP 562), with the submodule that defines them
+_LAZY = {
+    name: ".data"
+    for name in (
+        "GeneformerDataCollator",
+        "GeneformerProcessor",
+        "GeneMatch",
+        "GeneVocab",
+        "ScGPTDataCollator",
+        "ScGPTProcessor",
+    )
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "EncoderAdapterConfig",

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .errors import InvalidInputError, OutputExistsError
+
 INPUT_KINDS = ("auto", "counts", "log1p")
 # Errors whose message tells the user what to fix (input, files, network, credentials): shown without traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError, PermissionError)
@@ -133,6 +135,28 @@ def _demo(args: argparse.Namespace) -> int:
     from .tasks.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from .datasets import DATASETS, data_home, load_dataset
+
+    if args.action == "list":
+        print(f"{'name':<18} {'cells':>6} {'genes':>6}  {'labels':<15} {'licence':<13} {'source':<23} cached")
+        for info in DATASETS.values():
+            print(
+                f"{info.name:<18} {info.cells:>6} {info.genes:>6}  {info.labels:<15} {info.licence:<13} "
+                f"{info.source:<23} {'yes' if info.cached else 'no'}"
+            )
+        print(f"cache: {data_home()}")
+        return 0
+    if not args.out:
+        raise InvalidInputError("datasets get needs --out FILE.h5ad")
+    if Path(args.out).exists() and not args.overwrite:
+        raise OutputExistsError(f"--out {args.out} exists; choose another file or pass --overwrite")
+    adata = load_dataset(args.name)
+    _write_h5ad(adata, args.out)
+    print(f"Wrote {args.name}: {adata.n_obs} cells x {adata.n_vars} genes to {args.out}")
     return 0
 
 
@@ -299,6 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     pretrain.set_defaults(handler=_pretrain)
+
+    datasets = commands.add_parser(
+        "datasets",
+        help="list or save the offline real datasets",
+        description="Real single-cell datasets shipped inside registry packages (pinned, sha256-checked, fetched "
+        "once with `pip download` into $SCPEFT_DATA_HOME, then offline): raw counts, gene symbols, obs "
+        "'cell_type' where labelled and 'donor'.",
+    )
+    datasets.add_argument("action", choices=["list", "get"], help="list the datasets, or save one as .h5ad")
+    datasets.add_argument(
+        "name", nargs="?", default=None, help="dataset name for `get` (see `datasets list`)"
+    )
+    datasets.add_argument("--out", default=None, help=".h5ad file to write (get)")
+    datasets.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    datasets.set_defaults(handler=_datasets)
 
     demo = commands.add_parser(
         "demo",

@@ -1,7 +1,8 @@
 """Load the official scGPT v0.2.4 source files (installed with `pip install --no-deps scgpt==0.2.4`) by path.
 
 `import scgpt` fails on current torch (it imports torchtext), so modules are loaded one file at a time
-under a private package name. Only tests use this.
+under a private package name. Tests use this; benchmarks use `load_source_module` for other official code
+(scPEFT's model files), which needs no pytest.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import logging
 import sys
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
+if TYPE_CHECKING:
+    import pytest
 
 _PACKAGE = "_official_scgpt"
 
 
 def official_source_dir() -> Path:
     """Folder of the installed `scgpt` distribution's sources, or skip the test with how to install it."""
+    import pytest
+
     try:
         dist = importlib.metadata.distribution("scgpt")
     except importlib.metadata.PackageNotFoundError:
@@ -36,19 +41,17 @@ def _ensure_package(name: str, path: Path) -> None:
         sys.modules[name] = package
 
 
-def load_official_module(relative_path: str) -> types.ModuleType:
-    """Import `scgpt/<relative_path>` (e.g. "model/model.py") without running `scgpt/__init__.py`.
+def load_source_module(package: str, root: Path, relative_path: str) -> types.ModuleType:
+    """Import `<root>/<relative_path>` as module `<package>.<dotted relative path>`, running no `__init__.py`.
 
-    Parent packages are empty stand-ins, so relative imports between sibling files work; a stand-in
-    `logger` is provided because several modules do `from .. import logger`.
+    Parent packages are empty stand-ins whose `__path__` points into `root`, so relative imports between sibling
+    files (also lazy ones inside functions) find the real files. A module already loaded is returned as is.
     """
-    root = official_source_dir()
-    _ensure_package(_PACKAGE, root)
-    sys.modules[_PACKAGE].logger = __import__("logging").getLogger("official_scgpt")
+    _ensure_package(package, root)
     parts = Path(relative_path).with_suffix("").parts
     for depth in range(1, len(parts)):
-        _ensure_package(".".join((_PACKAGE, *parts[:depth])), root.joinpath(*parts[:depth]))
-    name = ".".join((_PACKAGE, *parts))
+        _ensure_package(".".join((package, *parts[:depth])), root.joinpath(*parts[:depth]))
+    name = ".".join((package, *parts))
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, root / relative_path)
@@ -56,6 +59,17 @@ def load_official_module(relative_path: str) -> types.ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_official_module(relative_path: str) -> types.ModuleType:
+    """Import `scgpt/<relative_path>` (e.g. "model/model.py") without running `scgpt/__init__.py`.
+
+    A stand-in `logger` is provided because several modules do `from .. import logger`.
+    """
+    root = official_source_dir()
+    _ensure_package(_PACKAGE, root)
+    sys.modules[_PACKAGE].logger = logging.getLogger("official_scgpt")
+    return load_source_module(_PACKAGE, root, relative_path)
 
 
 def stub_official_imports(monkeypatch: pytest.MonkeyPatch) -> None:
