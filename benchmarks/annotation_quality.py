@@ -157,7 +157,8 @@ def render_markdown(results: dict) -> str:
         "",
         "Budget: the same for every method and split of a dataset (given under each dataset), default learning "
         "rates (1e-3 adapters and probe, 1e-4 full). It was chosen, after timing one configuration, so that the "
-        "whole benchmark finishes on the shared 2-core CPU; the demo trains 15-20 epochs.",
+        "whole benchmark finishes on the shared 2-core CPU; the demo trains 15-20 epochs. "
+        + results.get("note", ""),
         "",
         "Logistic regression: `LogisticRegression(C=1.0, max_iter=1000, class_weight='balanced')` on "
         "log1p(normalize_total 1e4) of all genes, standardised with `with_mean=False`, fitted on the same "
@@ -212,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128, help="genes per cell incl. <cls>")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--max-splits", type=int, default=None, help="only the first N splits (for timing)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="only add the runs of these result .json files (other datasets run in parallel) to OUT",
+    )
+    parser.add_argument("--note", default=None, help="how the budget was chosen (shown in OUT.md)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json and OUT.md")
     parser.add_argument(
         "--resume", action="store_true", help="keep the rows already in OUT.json (same budget)"
@@ -222,8 +231,12 @@ def main(argv: list[str] | None = None) -> int:
               "patience": args.patience}  # fmt: skip
     json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     results = {"budgets": {}, "runs": []}
-    if args.resume and json_path.is_file():
+    if (args.resume or args.merge) and json_path.is_file():
         results = json.loads(json_path.read_text())
+    if args.note:
+        results["note"] = args.note
+    if args.merge:
+        return merge_results(results, args.merge, json_path, md_path)
     for dataset in args.datasets:
         if results["budgets"].setdefault(dataset, budget) != budget:
             parser.error(
@@ -265,6 +278,24 @@ def main(argv: list[str] | None = None) -> int:
                 json_path.write_text(json.dumps(results, indent=1))
                 md_path.write_text(render_markdown(results))
     print(md_path.read_text() if md_path.is_file() else "nothing run")
+    return 0
+
+
+def merge_results(results: dict, others: list[Path], json_path: Path, md_path: Path) -> int:
+    """Add the runs and budgets of other result files of the same backbone (e.g. datasets run in parallel)."""
+    for path in others:
+        other = json.loads(path.read_text())
+        fingerprint = results.setdefault("base_model_fingerprint", other["base_model_fingerprint"])
+        if other["base_model_fingerprint"] != fingerprint:
+            raise SystemExit(f"{path} holds runs of another backbone than {json_path}")
+        results.setdefault("base_model", other["base_model"])
+        results["budgets"].update(other["budgets"])
+        keys = {(row["dataset"], row["split"], row["method"]) for row in other["runs"]}
+        results["runs"] = [r for r in results["runs"] if (r["dataset"], r["split"], r["method"]) not in keys]
+        results["runs"] += other["runs"]
+    json_path.write_text(json.dumps(results, indent=1))
+    md_path.write_text(render_markdown(results))
+    print(md_path.read_text())
     return 0
 
 

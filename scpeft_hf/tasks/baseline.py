@@ -48,24 +48,25 @@ def log_normalised_expression(adata: ad.AnnData, input_kind: str | None = "auto"
     return matrix
 
 
-def select_features(
+def feature_columns(
     expression: sp.csr_matrix, train_index: np.ndarray, features: str = "all"
-) -> tuple[sp.csr_matrix, str]:
-    """The columns the baseline uses and a one-line description of them."""
+) -> tuple[np.ndarray, str]:
+    """The gene columns the baseline uses, chosen from the training cells only, and a one-line description."""
     if features not in FEATURE_SETS:
         raise InvalidInputError(f"Baseline features {features!r}; choose one of {', '.join(FEATURE_SETS)}")
     description = f"log1p(normalize_total {TARGET_SUM:g})"
     if features == "all" or expression.shape[1] <= N_TOP_GENES:
-        return expression, f"{description} of all {expression.shape[1]} genes, standardised (with_mean=False)"
+        columns = np.arange(expression.shape[1])
+        return columns, f"{description} of all {len(columns)} genes, standardised (with_mean=False)"
     import scanpy as sc
 
-    train = ad.AnnData(expression[train_index])
-    hvg = sc.pp.highly_variable_genes(train, n_top_genes=N_TOP_GENES, inplace=False)
+    hvg = sc.pp.highly_variable_genes(
+        ad.AnnData(expression[train_index]), n_top_genes=N_TOP_GENES, inplace=False
+    )
     columns = np.flatnonzero(hvg["highly_variable"].to_numpy())
-    return (
-        expression[:, columns],
+    return columns, (
         f"{description} of the top {len(columns)} highly variable genes of the training split (scanpy 'seurat'), "
-        "standardised (with_mean=False)",
+        "standardised (with_mean=False)"
     )
 
 
@@ -84,9 +85,9 @@ def logistic_regression_baseline(
     is left to finish in a background thread, bounded by `max_iter`, and its result discarded).
     """
     labels = adata.obs[label_key].astype(str).to_numpy()
-    expression, description = select_features(
-        log_normalised_expression(adata, input_kind), train_index, features
-    )
+    expression = log_normalised_expression(adata, input_kind)
+    columns, description = feature_columns(expression, train_index, features)
+    expression = expression[:, columns]
     scaler = StandardScaler(with_mean=False).fit(expression[train_index])
     train_x, test_x = scaler.transform(expression[train_index]), scaler.transform(expression[test_index])
     classifier = LogisticRegression(C=C, max_iter=MAX_ITER, class_weight="balanced")
