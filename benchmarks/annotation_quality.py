@@ -99,6 +99,22 @@ def run_one(adata, label_key: str, method: str, split: dict, args, with_baseline
     }
 
 
+def run_baseline_only(adata, label_key: str, split: dict) -> dict:
+    """The logistic-regression row of a split without training a model: the same cells and split as `train`."""
+    from scpeft_hf.tasks.baseline import logistic_regression_baseline
+    from scpeft_hf.tasks.splits import split_cells
+
+    adata, splits, dropped = split_cells(
+        adata, label_key, test_groups=split.get("test_groups"),
+        min_cells_per_class=split.get("min_cells_per_class"), seed=split.get("seed", 0),
+    )  # fmt: skip
+    return {
+        "metrics": logistic_regression_baseline(adata, label_key, splits["train"], splits["test"]),
+        "n_cells": {name: int(len(index)) for name, index in splits.items()},
+        "dropped_classes": dropped,
+    }
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -152,7 +168,7 @@ def render_markdown(results: dict) -> str:
     lines = [
         "# Annotation quality over several splits, beside logistic regression",
         "",
-        f"Backbone: `{results['base_model']}` (fingerprint `{results['base_model_fingerprint'][:16]}…`). "
+        f"Backbone: `{results.get('base_model')}` (fingerprint `{results.get('base_model_fingerprint', '')[:16]}…`). "
         f"Machine: {results['machine']}. Written by `benchmarks/annotation_quality.py` on {results['date']}.",
         "",
         "Budget: the same for every method and split of a dataset (given under each dataset), default learning "
@@ -220,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="only add the runs of these result .json files (other datasets run in parallel) to OUT",
     )
+    parser.add_argument(
+        "--baseline-only", action="store_true", help="only the logistic-regression rows (seconds per split)"
+    )
     parser.add_argument("--note", default=None, help="how the budget was chosen (shown in OUT.md)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json and OUT.md")
     parser.add_argument(
@@ -252,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.max_splits is not None and index >= args.max_splits:
                 break
             baseline_done = (dataset, split_name, BASELINE) in done
+            if args.baseline_only and not baseline_done:
+                run = run_baseline_only(adata, spec["label_key"], split)
+                results["runs"].append({"dataset": dataset, "split": split_name, "method": BASELINE} | run)
+                done.add((dataset, split_name, BASELINE))
+                save(results, json_path, md_path)
+                continue
             for method in args.methods:
                 if (dataset, split_name, method) in done:
                     continue
@@ -274,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["runs"].append(common | {"method": BASELINE, "metrics": baseline})
                     baseline_done = True
                 done.add((dataset, split_name, method))
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(json.dumps(results, indent=1))
-                md_path.write_text(render_markdown(results))
+                save(results, json_path, md_path)
     print(md_path.read_text() if md_path.is_file() else "nothing run")
     return 0
 
@@ -285,18 +308,24 @@ def merge_results(results: dict, others: list[Path], json_path: Path, md_path: P
     """Add the runs and budgets of other result files of the same backbone (e.g. datasets run in parallel)."""
     for path in others:
         other = json.loads(path.read_text())
-        fingerprint = results.setdefault("base_model_fingerprint", other["base_model_fingerprint"])
-        if other["base_model_fingerprint"] != fingerprint:
-            raise SystemExit(f"{path} holds runs of another backbone than {json_path}")
-        results.setdefault("base_model", other["base_model"])
+        if "base_model_fingerprint" in other:  # absent where only baselines ran
+            fingerprint = results.setdefault("base_model_fingerprint", other["base_model_fingerprint"])
+            if other["base_model_fingerprint"] != fingerprint:
+                raise SystemExit(f"{path} holds runs of another backbone than {json_path}")
+            results.setdefault("base_model", other["base_model"])
         results["budgets"].update(other["budgets"])
         keys = {(row["dataset"], row["split"], row["method"]) for row in other["runs"]}
         results["runs"] = [r for r in results["runs"] if (r["dataset"], r["split"], r["method"]) not in keys]
         results["runs"] += other["runs"]
-    json_path.write_text(json.dumps(results, indent=1))
-    md_path.write_text(render_markdown(results))
+    save(results, json_path, md_path)
     print(md_path.read_text())
     return 0
+
+
+def save(results: dict, json_path: Path, md_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    md_path.write_text(render_markdown(results))
 
 
 def _cuda() -> str | None:

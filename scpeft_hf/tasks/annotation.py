@@ -40,13 +40,7 @@ from .inference import run_model
 from .methods import METHODS, PEFT_METHODS, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
-from .splits import (
-    balanced_class_weights,
-    drop_rare_classes,
-    held_out_mask,
-    make_splits,
-    normalise_test_groups,
-)
+from .splits import balanced_class_weights, normalise_test_groups, split_cells
 
 logger = logging.getLogger(__name__)
 
@@ -170,22 +164,15 @@ def train_annotation(
     if split_key is not None and split_key not in adata.obs:
         raise KeyError(f"Split column '{split_key}' is not in adata.obs")
     test_groups = normalise_test_groups(test_groups) if test_groups is not None else None
-    test_mask = held_out_mask(adata.obs, test_groups) if test_groups is not None else None
-    keep, dropped_classes = drop_rare_classes(adata.obs[label_key], settings.min_cells_per_class)
+    adata, splits, dropped_classes = split_cells(
+        adata, label_key, split_key, test_groups, settings.min_cells_per_class,
+        settings.test_fraction, settings.validation_fraction, settings.seed,
+    )  # fmt: skip
     if dropped_classes:
-        adata, test_mask = adata[keep], None if test_mask is None else test_mask[keep]
         check_labels(adata, label_key)
     base_dir = resolve_base(base)
     processor = load_processor(base_dir, input_kind=input_kind, max_length=settings.max_length)
     processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
-    splits = make_splits(
-        adata.obs[label_key],
-        adata.obs[split_key] if split_key else None,
-        settings.test_fraction,
-        settings.validation_fraction,
-        settings.seed,
-        test_mask=test_mask,
-    )
     datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
     train_labels = np.asarray(datasets["train"]["labels"])
     label_names = list(processor.label_names)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from anndata import AnnData
 
 from ..errors import InvalidInputError, MissingKeyError
 
@@ -147,6 +148,34 @@ def make_splits(
         logger.info("Split column '%s' has no validation rows: carving them from train", split_column.name)
     validation = rest[stratified_indices(label_values[rest], validation_fraction, rng)]
     return {"train": np.setdiff1d(rest, validation), "validation": validation, "test": test}
+
+
+def split_cells(
+    adata: AnnData,
+    label_key: str,
+    split_key: str | None = None,
+    test_groups: Mapping[str, Sequence[str] | str] | str | None = None,
+    min_cells_per_class: int | None = None,
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[AnnData, dict[str, np.ndarray], dict[str, int]]:
+    """What `train` does before training: drop rare classes, then split (by `split_key`, by held-out
+    `test_groups`, or stratified). Returns the kept cells (a view when classes were dropped), the positions of
+    each split in them, and the dropped classes with their sizes."""
+    test_mask = held_out_mask(adata.obs, test_groups) if test_groups is not None else None
+    keep, dropped = drop_rare_classes(adata.obs[label_key], min_cells_per_class)
+    if dropped:
+        adata, test_mask = adata[keep], None if test_mask is None else test_mask[keep]
+    splits = make_splits(
+        adata.obs[label_key],
+        adata.obs[split_key] if split_key else None,
+        test_fraction,
+        validation_fraction,
+        seed,
+        test_mask=test_mask,
+    )
+    return adata, splits, dropped
 
 
 def balanced_class_weights(train_labels: np.ndarray, num_classes: int) -> list[float]:
