@@ -123,23 +123,31 @@ def mean_sd(values: list[float]) -> str:
 
 
 def summarise(rows: list[dict], dataset: str) -> list[str]:
-    """One line per method: mean ± sd over the splits of each metric, and the number of splits."""
-    rows = [row for row in rows if row["dataset"] == dataset]
+    """One line per method: mean ± sd of each metric over the splits where every method ran (a paired
+    comparison), then logistic regression over all its splits when it ran on more."""
+    rows = [row for row in rows if row["dataset"] == dataset and METRICS["macro-F1"] in row["metrics"]]
+    methods = [m for m in (*METHODS, BASELINE) if any(row["method"] == m for row in rows)]
+    splits = dict.fromkeys(row["split"] for row in rows)
+    complete = [s for s in splits if {row["method"] for row in rows if row["split"] == s} >= set(methods)]
     lines = [
         "| method | " + " | ".join(METRICS) + " | splits | trainable params | train s (mean) |",
         "|---|" + "---:|" * (len(METRICS) + 3),
     ]
-    for method in (*METHODS, BASELINE):
-        chosen = [row for row in rows if row["method"] == method and METRICS["macro-F1"] in row["metrics"]]
-        if not chosen:
-            continue
-        cells = [mean_sd([row["metrics"][key] for row in chosen]) for key in METRICS.values()]
-        params = chosen[0]["metrics"].get("trainable_params", 0)
-        seconds = statistics.mean(row["metrics"]["train_seconds"] for row in chosen)
-        lines.append(
-            f"| {method} | " + " | ".join(cells) + f" | {len(chosen)} | {params:,} | {seconds:.1f} |"
-        )
+    lines += [summary_line(method, [r for r in rows if r["method"] == method and r["split"] in complete])
+              for method in methods]  # fmt: skip
+    all_baseline = [row for row in rows if row["method"] == BASELINE]
+    if len(all_baseline) > len(complete):
+        lines.append(summary_line(f"{BASELINE} (all {len(all_baseline)} splits)", all_baseline))
     return lines
+
+
+def summary_line(name: str, chosen: list[dict]) -> str:
+    if not chosen:
+        return f"| {name} | " + " | ".join("n/a" for _ in METRICS) + " | 0 | | |"
+    cells = [mean_sd([row["metrics"][key] for row in chosen]) for key in METRICS.values()]
+    params = chosen[0]["metrics"].get("trainable_params", 0)
+    seconds = statistics.mean(row["metrics"]["train_seconds"] for row in chosen)
+    return f"| {name} | " + " | ".join(cells) + f" | {len(chosen)} | {params:,} | {seconds:.1f} |"
 
 
 def per_split_table(rows: list[dict], dataset: str) -> list[str]:
@@ -172,9 +180,8 @@ def render_markdown(results: dict) -> str:
         f"Machine: {results['machine']}. Written by `benchmarks/annotation_quality.py` on {results['date']}.",
         "",
         "Budget: the same for every method and split of a dataset (given under each dataset), default learning "
-        "rates (1e-3 adapters and probe, 1e-4 full). It was chosen, after timing one configuration, so that the "
-        "whole benchmark finishes on the shared 2-core CPU; the demo trains 15-20 epochs. "
-        + results.get("note", ""),
+        "rates (1e-3 adapters and probe, 1e-4 full), chosen after timing one configuration; the demo trains 15-20 "
+        "epochs. " + results.get("note", ""),
         "",
         "Logistic regression: `LogisticRegression(C=1.0, max_iter=1000, class_weight='balanced')` on "
         "log1p(normalize_total 1e4) of all genes, standardised with `with_mean=False`, fitted on the same "
@@ -189,9 +196,11 @@ def render_markdown(results: dict) -> str:
             "",
             spec["description"] + ".",
             "",
-            f"Budget: {describe_budget(results['budgets'][dataset])}.",
+            f"Budget: {describe_budget(results['budgets'][dataset])}."
+            if dataset in results["budgets"]
+            else "",
             "",
-            "Mean ± sd over the splits (test set):",
+            "Mean ± sd over the splits where every method ran (test set):",
             "",
         ]
         lines += summarise(results["runs"], dataset)
@@ -256,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         results["note"] = args.note
     if args.merge:
         return merge_results(results, args.merge, json_path, md_path)
-    for dataset in args.datasets:
+    for dataset in [] if args.baseline_only else args.datasets:  # a baseline-only run trains no model
         if results["budgets"].setdefault(dataset, budget) != budget:
             parser.error(
                 f"{json_path} has {dataset} runs with budget {results['budgets'][dataset]}; resume with it"
