@@ -77,6 +77,8 @@ def _train(args: argparse.Namespace) -> int:
         early_stopping_patience=args.patience,
         class_weights=not args.no_class_weights,
         gradient_checkpointing=args.gradient_checkpointing,
+        min_cells_per_class=args.min_cells_per_class,
+        baseline=not args.no_baseline,
     )
     result = train_annotation(
         _read_h5ad(args.data),
@@ -89,12 +91,21 @@ def _train(args: argparse.Namespace) -> int:
         settings=settings,
         overwrite=args.overwrite,
         species=SpeciesSettings(args.species, args.ortholog_table, args.ortholog_policy, args.strict),
+        test_groups=args.test_groups,
     )
     if result.metrics:
         print(
             f"{args.method}: test accuracy {result.metrics['test_accuracy']:.4f}, macro-F1 "
             f"{result.metrics['test_macro_f1']:.4f}, balanced accuracy {result.metrics['test_balanced_accuracy']:.4f}"
         )
+        baseline = result.metrics.get("baseline")
+        if baseline and "test_macro_f1" in baseline:
+            print(
+                f"logistic regression (same split): test accuracy {baseline['test_accuracy']:.4f}, macro-F1 "
+                f"{baseline['test_macro_f1']:.4f}, balanced accuracy {baseline['test_balanced_accuracy']:.4f}"
+            )
+        elif baseline:
+            print(f"logistic regression (same split): {baseline['status']}")
         print(f"Wrote {result.out_dir}")
     return 0
 
@@ -409,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="obs column with train/validation/test; without it a seeded stratified 72/8/20 split is made",
     )
     train.add_argument(
+        "--test-groups",
+        default=None,
+        metavar="KEY=VALUE[,VALUE...]",
+        help="hold out every cell of these groups as the test split, e.g. donor=human1; validation is carved "
+        "from the other cells, stratified (not with --split-key)",
+    )
+    train.add_argument(
+        "--min-cells-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop classes with fewer than N cells before splitting, and report them (default: keep all)",
+    )
+    train.add_argument(
         "--input",
         choices=INPUT_KINDS,
         default=None,
@@ -417,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(train)
     train.add_argument(
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"
+    )
+    train.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the logistic-regression baseline fitted on the same split (reported in metrics.json)",
     )
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     _add_species_option(train)

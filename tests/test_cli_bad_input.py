@@ -89,8 +89,8 @@ def no_gene_overlap(work: Path, _adapter: Path):
 
 def missing_label_column(work: Path, _adapter: Path):
     argv = _train(_write(cells(), work / "cells.h5ad"), work / "out")
-    argv[argv.index(LABEL_KEY)] = "cell_type"
-    return argv, ["'cell_type'", "available columns", LABEL_KEY]
+    argv[argv.index(LABEL_KEY)] = "celltype"
+    return argv, ["'celltype'", "available columns", LABEL_KEY]
 
 
 def single_class(work: Path, _adapter: Path):

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,12 +37,13 @@ from .backbones import (
     ortholog_coverage,
     resolve_base,
 )
+from .baseline import DEFAULT_TIME_LIMIT, logistic_regression_baseline
 from .card import render_adapter_card
 from .inference import run_model
 from .methods import METHODS, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
-from .splits import balanced_class_weights, check_training_classes, make_splits
+from .splits import balanced_class_weights, check_training_classes, normalise_test_groups, split_cells
 from .trained import RUN_INFO, load_trained_model
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ class TrainingSettings:
     validation_fraction: float = 0.1
     gradient_checkpointing: bool = False
     logging_steps: int = 10
+    min_cells_per_class: int | None = None  # drop rarer classes before splitting (None: keep all)
+    baseline: bool = True  # fit the logistic-regression baseline on the same split (see tasks/baseline.py)
+    baseline_features: str = "all"  # "all" genes or the training split's top 2,000 "hvg"
+    baseline_time_limit: float = DEFAULT_TIME_LIMIT
     extra_training_args: dict = field(default_factory=dict)
 
 
@@ -145,6 +151,7 @@ def train_annotation(
     settings: TrainingSettings | None = None,
     overwrite: bool = False,
     species: SpeciesSettings | None = None,
+    test_groups: Mapping[str, Sequence[str]] | str | None = None,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
@@ -152,6 +159,10 @@ def train_annotation(
     `full`/`probe`), `processor_config.json` with the label names, `metrics.json`, `run_info.json`, a model
     card `README.md`, `confusion_matrix.png` and `umap.png`. It appears only when everything succeeded.
     With `species`, genes go through an ortholog map first; it is saved with the processor (`gene_map.json`).
+
+    `test_groups` (`{"donor": ["human1"]}` or `"donor=human1"`) holds those groups out as the test split, with
+    validation carved from the other cells, stratified. `metrics.json` carries a logistic-regression baseline
+    fitted on the same training split and scored on the same test cells (unless `settings.baseline` is off).
     """
     settings = settings or TrainingSettings()
     if method not in METHODS:
@@ -159,6 +170,13 @@ def train_annotation(
     check_labels(adata, label_key)
     if split_key is not None and split_key not in adata.obs:
         raise MissingKeyError(f"Split column '{split_key}' is not in adata.obs")
+    test_groups = normalise_test_groups(test_groups) if test_groups is not None else None
+    adata, splits, dropped_classes = split_cells(
+        adata, label_key, split_key, test_groups, settings.min_cells_per_class,
+        settings.test_fraction, settings.validation_fraction, settings.seed,
+    )  # fmt: skip
+    if dropped_classes:
+        check_labels(adata, label_key)
     base_dir = resolve_base(base)
     processor = load_processor(
         base_dir,
@@ -168,13 +186,6 @@ def train_annotation(
     )
     gene_coverage = ortholog_coverage(processor, adata)
     processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
-    splits = make_splits(
-        adata.obs[label_key],
-        adata.obs[split_key] if split_key else None,
-        settings.test_fraction,
-        settings.validation_fraction,
-        settings.seed,
-    )
     datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
     train_labels = np.asarray(datasets["train"]["labels"])
     label_names = list(processor.label_names)
@@ -258,6 +269,13 @@ def train_annotation(
             return AnnotationResult(out_dir, metrics, label_names)
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)
         model = trainer.model.eval()
+        if dropped_classes:
+            metrics["dropped_classes"] = dropped_classes
+        if settings.baseline:
+            metrics["baseline"] = logistic_regression_baseline(
+                adata, label_key, splits["train"], splits["test"], settings.baseline_features,
+                processor.to_dict().get("input_kind", "auto"), settings.baseline_time_limit,
+            )  # fmt: skip
 
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -275,6 +293,8 @@ def train_annotation(
                     "orthologs": gene_coverage,
                     "n_cells": {name: int(len(index)) for name, index in splits.items()},
                     "test_obs_names": adata.obs_names[splits["test"]].tolist(),
+                    "test_groups": test_groups,
+                    "dropped_classes": dropped_classes,
                     "training": asdict(settings)
                     | {"learning_rate": learning_rate, "world_size": trainer.args.world_size},
                 },

@@ -59,13 +59,47 @@ def render_adapter_card(folder: str | Path, adapter_ref: str | None = None, lice
         "n_validation": info["n_cells"]["validation"],
         "n_test": info["n_cells"]["test"],
         "train_seconds": f"{metrics['train_seconds']:.1f}",
-        **{
-            key: f"{metrics[key]:.4f}" for key in ("test_accuracy", "test_macro_f1", "test_balanced_accuracy")
-        },
+        "split_note": split_note(info),
+        "results_table": results_table(metrics),
         **{key: info["training"][key] for key in ("epochs", "learning_rate", "batch_size", "seed")},
     }
     template = string.Template((TEMPLATES / "adapter.md").read_text())
     return template.substitute(values)
+
+
+RESULT_METRICS = {
+    "accuracy": "test_accuracy",
+    "macro-F1": "test_macro_f1",
+    "balanced accuracy": "test_balanced_accuracy",
+}
+
+
+def results_table(metrics: dict) -> str:
+    """Test metrics of the model beside the logistic-regression baseline of the same split (`metrics["baseline"]`)."""
+    baseline = metrics.get("baseline")
+    lines = ["| metric | this model | logistic regression |", "|---|---|---|"]
+    for name, key in RESULT_METRICS.items():
+        if baseline is None:
+            reference = "not computed (`--no-baseline`)"
+        else:
+            reference = f"{baseline[key]:.4f}" if key in baseline else baseline.get("status", "n/a")
+        lines.append(f"| {name} | {metrics[key]:.4f} | {reference} |")
+    if baseline is not None:
+        lines.append(f"\nBaseline input: {baseline['features']}; C={baseline['C']:g}, max_iter {baseline['max_iter']}, "
+                     f"class weights {baseline['class_weight']}.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def split_note(info: dict) -> str:
+    """How the test cells were chosen, when not by the default stratified split."""
+    notes = []
+    if info.get("test_groups"):
+        ((key, values),) = info["test_groups"].items()
+        notes.append(f", every cell of {key} {', '.join(values)} held out")
+    if info.get("dropped_classes"):
+        notes.append("; classes dropped before splitting for having too few cells: "
+                     + ", ".join(f"{name} ({count})" for name, count in info["dropped_classes"].items()))  # fmt: skip
+    return "".join(notes)
 
 
 def hub_model_id(base_model: str) -> str | None:
