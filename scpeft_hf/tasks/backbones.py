@@ -100,8 +100,7 @@ def load_classifier(folder: str | Path, processor: Processor, **config_overrides
             folder,
             "classification",
             dictionary_size=processor.vocab_size,
-            **_geneformer_pooling(processor),
-            **config_overrides,
+            **(_geneformer_pooling(processor, folder) | config_overrides),
         )
     legacy = _legacy_head_mapping(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, key_mapping=legacy, **config_overrides)
@@ -124,7 +123,10 @@ def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
     """The base model in `folder`, returning cell embeddings (`outputs.cell_embedding`)."""
     if isinstance(processor, GeneformerProcessor):
         return load_geneformer(
-            folder, "embedding", dictionary_size=processor.vocab_size, **_geneformer_pooling(processor)
+            folder,
+            "embedding",
+            dictionary_size=processor.vocab_size,
+            **_geneformer_pooling(processor, folder),
         )
     return _check_vocab_fits(AutoModel.from_pretrained(folder), processor, folder)
 
@@ -152,8 +154,11 @@ def _check_vocab_fits(
     return model
 
 
-def _geneformer_pooling(processor: GeneformerProcessor) -> dict:
-    """Geneformer's default cell embedding: `<cls>` when the cells carry one (V2), else the mean (V1)."""
+def _geneformer_pooling(processor: GeneformerProcessor, folder: str | Path) -> dict:
+    """Geneformer's default cell embedding: `<cls>` when the cells carry one (V2), else the mean (V1); none when
+    the folder's config.json already names one (a model fine-tuned and saved with its own pooling)."""
+    if "cell_emb_style" in json.loads((Path(folder) / "config.json").read_text()):
+        return {}
     return {"cell_emb_style": "cls" if processor.special_tokens else "mean"}
 
 
