@@ -30,7 +30,11 @@ from tests.geneformer_helpers import ensembl_id, write_tiny_geneformer
 LABEL_KEY = "bulk_labels"
 CELL_TYPES = ("CD14+ Monocyte", "CD56+ NK", "CD19+ B")
 CELLS_PER_TYPE = 8
-POOLINGS = {"scgpt": ("cls", "avg-pool", "w-pool"), "geneformer-v1": ("cls", "mean"), "geneformer-v2": ("cls", "mean")}
+POOLINGS = {
+    "scgpt": ("cls", "avg-pool", "w-pool"),
+    "geneformer-v1": ("cls", "mean"),
+    "geneformer-v2": ("cls", "mean"),
+}
 CASES = [(backbone, method, pooling) for backbone, poolings in POOLINGS.items() for pooling in poolings
          for method in METHODS]  # fmt: skip
 
