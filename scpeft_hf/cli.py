@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="encoder",
         choices=["encoder", "token", "prefix", "lora", "full", "probe"],
-        help="encoder/token/prefix adapter, LoRA, full fine-tuning, or probe (frozen backbone + head)",
+        help="encoder/token/prefix adapter, LoRA, full fine-tuning, or probe (one Linear layer on the frozen backbone)",
     )
     train.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     train.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")

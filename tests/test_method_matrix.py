@@ -24,7 +24,7 @@ from scpeft_hf.tasks.backbones import (
     make_collator,
 )
 from scpeft_hf.tasks.inference import run_model
-from scpeft_hf.tasks.methods import METHODS, PEFT_METHODS, load_peft_adapter, prepare_model
+from scpeft_hf.tasks.methods import METHODS, PEFT_METHODS, head_overrides, load_peft_adapter, prepare_model
 from tests.geneformer_helpers import ensembl_id, write_tiny_geneformer
 
 LABEL_KEY = "bulk_labels"
@@ -60,9 +60,15 @@ def bases(tmp_path_factory, cells):
     return folders
 
 
-def classifier(base_dir, processor, pooling: str):
+def classifier(base_dir, processor, pooling: str, method: str):
     torch.manual_seed(0)
-    return load_classifier(base_dir, processor, num_labels=len(CELL_TYPES), cell_emb_style=pooling)
+    return load_classifier(
+        base_dir,
+        processor,
+        num_labels=len(CELL_TYPES),
+        cell_emb_style=pooling,
+        **head_overrides(method, base_dir),
+    )
 
 
 @pytest.mark.slow
@@ -72,9 +78,11 @@ def test_train_save_load_predict_embed(bases, cells, tmp_path, backbone, method,
     processor = load_processor(base_dir, max_length=48)
     processor.label_names = sorted(CELL_TYPES)
     dataset = processor(cells, label_key=LABEL_KEY)
-    untrained = run_model(classifier(base_dir, processor, pooling), dataset, make_collator(processor, False))
+    untrained = run_model(
+        classifier(base_dir, processor, pooling, method), dataset, make_collator(processor, False)
+    )
 
-    model, learning_rate = prepare_model(classifier(base_dir, processor, pooling), method)
+    model, learning_rate = prepare_model(classifier(base_dir, processor, pooling, method), method)
     arguments = TrainingArguments(
         output_dir=str(tmp_path / "checkpoints"), num_train_epochs=1, per_device_train_batch_size=8,
         learning_rate=learning_rate, save_strategy="no", report_to="none", seed=0, use_cpu=True,
@@ -86,7 +94,7 @@ def test_train_save_load_predict_embed(bases, cells, tmp_path, backbone, method,
 
     model.save_pretrained(tmp_path / "saved")
     if method in PEFT_METHODS:
-        loaded = load_peft_adapter(classifier(base_dir, processor, pooling), tmp_path / "saved")
+        loaded = load_peft_adapter(classifier(base_dir, processor, pooling, method), tmp_path / "saved")
     else:  # the whole model, its pooling recorded in its config
         loaded = load_classifier(tmp_path / "saved", processor)
     predicted = run_model(loaded, dataset, make_collator(processor, False))

@@ -36,7 +36,7 @@ from .backbones import (
 )
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, PEFT_METHODS, load_peft_adapter, prepare_model
+from .methods import METHODS, PEFT_METHODS, head_overrides, load_peft_adapter, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, make_splits
@@ -189,6 +189,7 @@ def train_annotation(
             class_weights=balanced_class_weights(train_labels, len(label_names))
             if settings.class_weights
             else None,
+            **head_overrides(method, base_dir),
         )
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
