@@ -28,6 +28,7 @@ from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
     base_reference,
+    base_revision,
     describe_preprocessing,
     load_classifier,
     load_processor,
@@ -259,6 +260,7 @@ def train_annotation(
                     "method": method,
                     "model_type": model.config.model_type,
                     "base_model": base_reference(base_dir),
+                    "base_model_revision": base_revision(base_dir),
                     "base_model_fingerprint": fingerprint,
                     "label_key": label_key,
                     "label_names": label_names,
@@ -328,7 +330,9 @@ def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annot
     run_info = json.loads(info_path.read_text())
     processor = load_processor(adapter_dir)
     if run_info["method"] in PEFT_METHODS:
-        base_dir = resolve_base(base or run_info["base_model"])
+        base_dir = resolve_base(
+            base or run_info["base_model"], None if base else run_info.get("base_model_revision")
+        )
         model = load_classifier(
             base_dir,
             processor,

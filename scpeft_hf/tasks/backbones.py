@@ -8,15 +8,23 @@ Geneformer).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
-from ..errors import InvalidInputError, MissingFileError
+from ..errors import HubConnectionError, InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
 from ..models.scgpt import ScGPTForCellClassification
 
@@ -27,25 +35,79 @@ PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": Geneforme
 PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
 
 Processor = ScGPTProcessor | GeneformerProcessor
+logger = logging.getLogger(__name__)
 
 
-def resolve_base(base: str | Path | None) -> Path:
-    """A base model folder: `base` itself, or the embedded demo backbone when None or `DEMO_BACKBONE_NAME`."""
-    folder = DEMO_BACKBONE if base is None or str(base) == DEMO_BACKBONE_NAME else Path(base)
+def resolve_base(base: str | Path | None, revision: str | None = None) -> Path:
+    """A base model folder: the embedded demo backbone when `base` is None or `DEMO_BACKBONE_NAME`; `base` itself
+    when it is a folder; else, for an `owner/name` id, that Hub model at `revision` (from the Hugging Face cache,
+    or downloaded)."""
+    if base is None or str(base) == DEMO_BACKBONE_NAME:
+        folder = DEMO_BACKBONE
+    elif not Path(base).exists() and is_hub_repo_id(str(base)):
+        folder = _hub_base(str(base), revision)
+    else:
+        folder = Path(base)
     if not (folder / "config.json").is_file():
         hint = (
             "the embedded demo backbone is missing from this installation; reinstall scpeft-hf"
             if folder == DEMO_BACKBONE
-            else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
+            else "pass a folder written by `scpeft-hf convert` or save_pretrained(), a Geneformer model folder, "
+            "or a Hub model id"
         )
         raise MissingFileError(f"{folder} has no config.json: {hint}")
     return folder
 
 
+def _hub_base(repo_id: str, revision: str | None) -> Path:
+    at = f"{repo_id} at revision {revision}" if revision else repo_id
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise MissingFileError(
+            f"{repo_id} is not a local folder, and the Hub has no model {at} that this token may read"
+        ) from err
+    except LocalEntryNotFoundError as err:
+        raise HubConnectionError(
+            f"The base model {at} is neither in the Hugging Face cache nor downloadable now; check the network "
+            "connection, or pass --base with a local copy"
+        ) from err
+
+
+def hub_snapshot(folder: str | Path) -> tuple[str, str] | None:
+    """(repo id, commit) when `folder` is a model snapshot in the Hugging Face cache, which keeps them as
+    `.../models--owner--name/snapshots/<commit>`; None for any other folder."""
+    parts = Path(folder).resolve().parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo_id, commit = parts[-3].removeprefix("models--").replace("--", "/"), parts[-1]
+    if not is_hub_repo_id(repo_id) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+    return repo_id, commit
+
+
 def base_reference(base_dir: str | Path) -> str:
-    """How a trained folder records its base: the embedded backbone by name, any other folder by absolute path."""
+    """How a trained folder records its base: the embedded backbone by name, a Hub model (a snapshot in the
+    Hugging Face cache) by its id, with its commit in `base_revision`; any other folder by absolute path, with a
+    warning that the adapter will then load only where that path exists (or with --base)."""
     base_dir = Path(base_dir).resolve()
-    return DEMO_BACKBONE_NAME if base_dir == DEMO_BACKBONE.resolve() else str(base_dir)
+    if base_dir == DEMO_BACKBONE.resolve():
+        return DEMO_BACKBONE_NAME
+    snapshot = hub_snapshot(base_dir)
+    if snapshot is not None:
+        return snapshot[0]
+    logger.warning(
+        "The base model %s is a local folder: the adapter records this path and loads only where it exists "
+        "(elsewhere pass --base with a copy of the same weights); a base from the Hub is recorded by its id",
+        base_dir,
+    )
+    return str(base_dir)
+
+
+def base_revision(base_dir: str | Path) -> str | None:
+    """The Hub commit of a base model snapshot (see `base_reference`); None for local folders and the demo."""
+    snapshot = hub_snapshot(base_dir)
+    return snapshot[1] if snapshot is not None else None
 
 
 def is_hub_repo_id(reference: str) -> bool:
