@@ -92,13 +92,6 @@ def push_adapter(
         )
     contents = {name: (folder / name).read_bytes() for name in names}
     base_model, revision = run_info["base_model"], run_info.get("base_model_revision")
-    if base_model != DEMO_BACKBONE_NAME and hub_model_id(base_model) is None:
-        logger.warning(
-            "%s was trained on the local base model %s: the pushed adapter names that path and loads only where "
-            "it exists, or with --base and a copy of the same weights; train on a Hub base to share it fully",
-            folder,
-            base_model,
-        )
     contents[CONFIG_NAME] = _portable_adapter_config(contents[CONFIG_NAME], base_model, revision)
     contents[CARD] = card.encode()
     api = HfApi(token=token)
@@ -114,6 +107,14 @@ def push_adapter(
             repo_id,
             operations=[CommitOperationAdd(name, content) for name, content in contents.items()],
             commit_message=commit_message or f"Upload {run_info['method']} adapter with scpeft-hf",
+        )
+    # said after the commit, so that a failed push prints its one-line error alone
+    if base_model != DEMO_BACKBONE_NAME and hub_model_id(base_model) is None:
+        logger.warning(
+            "%s was trained on the local base model %s: the pushed adapter names that path and loads only where "
+            "it exists, or with --base and a copy of the same weights; train on a Hub base to share it fully",
+            folder,
+            base_model,
         )
     return PushResult(commit=commit, files={name: len(content) for name, content in contents.items()})
 
