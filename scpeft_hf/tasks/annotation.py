@@ -23,6 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..data.collator import CollatorEpochCallback
 from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
@@ -167,6 +168,8 @@ def train_annotation(
         settings.seed,
     )
     datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
+    # each training cell's gene draws depend on (seed, epoch, its row in `adata`) alone: see ScGPTDataCollator
+    datasets["train"] = datasets["train"].add_column("cell_index", np.asarray(splits["train"]).tolist())
     train_labels = np.asarray(datasets["train"]["labels"])
     label_names = list(processor.label_names)
     check_training_classes(train_labels, label_names)
@@ -227,10 +230,13 @@ def train_annotation(
             ),
             train_dataset=datasets["train"],
             eval_dataset=datasets["validation"],
-            data_collator=make_collator(processor, train=True),
+            data_collator=(train_collator := make_collator(processor, train=True)),
             eval_data_collator=make_collator(processor, train=False),
             compute_metrics=compute_metrics,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+            callbacks=[
+                EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience),
+                CollatorEpochCallback(train_collator),
+            ],
         )
         started = time.perf_counter()
         trainer.train()
