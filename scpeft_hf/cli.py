@@ -86,6 +86,7 @@ def _train(args: argparse.Namespace) -> int:
         input_kind=args.input,
         settings=settings,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
     if result.metrics:
         print(
@@ -229,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder/token/prefix adapter, LoRA, full fine-tuning, or probe (one Linear layer on the frozen backbone)",
     )
     train.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed or interrupted run from the last checkpoint kept in .<out>.partial beside --out",
+    )
     train.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")
     train.add_argument(
         "--split-key",

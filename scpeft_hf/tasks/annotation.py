@@ -22,11 +22,12 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.collator import CollatorEpochCallback
 from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
-from ..output_folders import check_out_dir, make_staging_dir, publish
+from ..output_folders import check_out_dir, make_partial_dir, publish
 from .backbones import (
     base_reference,
     base_revision,
@@ -117,14 +118,14 @@ def check_labels(adata: ad.AnnData, label_key: str) -> None:
         )
 
 
-def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> Path:
-    """The main process creates the staging folder and every process gets its path (or the main process's
-    error), so that all ranks read the checkpoints that the main process writes."""
+def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState, resume: bool = False) -> Path:
+    """The main process creates the staging folder (`.<out>.partial`, kept for `resume`) and every process gets
+    its path (or the main process's error), so that all ranks read the checkpoints the main process writes."""
     shared: list = [None, None]
     if state.is_main_process:
         try:
             check_out_dir(out_dir, overwrite)
-            shared[0] = make_staging_dir(out_dir)
+            shared[0] = make_partial_dir(out_dir, resume)
         except (OSError, ScpeftUserError) as err:  # refused output folders included
             shared[1] = err
     if state.num_processes > 1:
@@ -144,12 +145,17 @@ def train_annotation(
     input_kind: str | None = None,
     settings: TrainingSettings | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
     The folder holds the adapter (`adapter_config.json`, `adapter_model.safetensors`; the whole model for
     `full`/`probe`), `processor_config.json` with the label names, `metrics.json`, `run_info.json`, a model
     card `README.md`, `confusion_matrix.png` and `umap.png`. It appears only when everything succeeded.
+
+    Checkpoints are written to `.<out>.partial` beside `out_dir`; a run that was killed or interrupted leaves
+    them there, and `resume=True` continues from the last one (same data and settings give the same result as
+    an uninterrupted run). The folder is removed on success and when the run fails before training starts.
     """
     settings = settings or TrainingSettings()
     if method not in METHODS:
@@ -181,7 +187,8 @@ def train_annotation(
         "process %d of %d (%s): %d training cells", state.process_index, state.num_processes,
         state.distributed_type, len(splits["train"]),
     )  # fmt: skip
-    staging = _shared_staging_dir(out_dir, overwrite, state)
+    staging = _shared_staging_dir(out_dir, overwrite, state, resume)
+    training_started = False
     try:
         torch.manual_seed(settings.seed)
         model = load_classifier(
@@ -239,7 +246,11 @@ def train_annotation(
             ],
         )
         started = time.perf_counter()
-        trainer.train()
+        last = get_last_checkpoint(str(staging / "checkpoints")) if resume else None
+        if resume:
+            logger.info("resuming from %s", last or "the start: no checkpoint was left")
+        training_started = True
+        trainer.train(resume_from_checkpoint=last)
         train_seconds = time.perf_counter() - started
 
         # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the
@@ -284,8 +295,12 @@ def train_annotation(
         plot_umap(cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
         publish(staging, out_dir, command="train")
     except BaseException:
-        if state.is_main_process:
+        if state.is_main_process and not training_started:
             shutil.rmtree(staging, ignore_errors=True)
+        elif state.is_main_process:
+            logger.warning(
+                "Checkpoints are kept in %s: rerun the same command with --resume to continue", staging
+            )
         raise
     return AnnotationResult(out_dir, metrics, label_names)
 
