@@ -92,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         species=SpeciesSettings(args.species, args.ortholog_table, args.ortholog_policy, args.strict),
         test_groups=args.test_groups,
+        resume=args.resume,
     )
     if result.metrics:
         print(
@@ -410,9 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         default="encoder",
         choices=["encoder", "token", "prefix", "lora", "full", "probe"],
-        help="encoder/token/prefix adapter, LoRA, full fine-tuning, or probe (frozen backbone + head)",
+        help="encoder/token/prefix adapter, LoRA, full fine-tuning, or probe (one Linear layer on the frozen backbone)",
     )
     train.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed or interrupted run from the last checkpoint kept in .<out>.partial beside --out",
+    )
     train.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")
     train.add_argument(
         "--split-key",

@@ -61,6 +61,22 @@ def make_staging_dir(out_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 
 
+def partial_dir(out_dir: Path) -> Path:
+    """The fixed hidden folder beside `out_dir` where a training run keeps its checkpoints until it succeeds, so
+    that a killed or interrupted run can be resumed (`.<out>.partial`)."""
+    out_dir = Path(out_dir).resolve()
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def make_partial_dir(out_dir: Path, resume: bool) -> Path:
+    """`partial_dir(out_dir)`, created; kept as it is when `resume`, else emptied of an earlier run's files."""
+    folder = partial_dir(out_dir)
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def publish(staging: Path, out_dir: Path, command: str = "scpeft-hf") -> None:
     """Write the marker into the finished `staging` folder and move it to `out_dir`.
 

@@ -154,3 +154,71 @@ def test_trainer_steps_on_processor_batches(tmp_path):
     result = trainer.train()
 
     assert result.global_step == 2 and np.isfinite(result.training_loss)
+
+
+# ------------------------------------------------------ training draws from (seed, epoch, index) alone
+
+
+def _long_cells(n_cells: int = 12) -> list[dict]:
+    return [{**_cell(40 + i, label=i % 2, offset=i), "cell_index": i} for i in range(n_cells)]
+
+
+def _draws(loader, collator, epoch: int) -> dict[int, list[int]]:
+    """Each cell's kept genes in `epoch`, by the cell's dataset index (the loader visits `loader.order`)."""
+    collator.set_epoch(epoch)
+    rows = [
+        row[: sum(mask)]
+        for batch in loader
+        for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), strict=True)
+    ]
+    return dict(zip(loader.order, rows, strict=True))
+
+
+def _loader(cells, collator, workers: int = 0, sampler=None):
+    loader = torch.utils.data.DataLoader(
+        cells, batch_size=4, collate_fn=collator, num_workers=workers, sampler=sampler, shuffle=False
+    )
+    loader.order = list(sampler) if sampler is not None else list(range(len(cells)))
+    return loader
+
+
+def test_training_draws_are_the_same_for_any_number_of_workers_and_differ_by_epoch():
+    cells = _long_cells()
+    draws = {}
+    for workers in (0, 2):
+        collator = ScGPTDataCollator(pad_token_id=PAD, max_length=11, seed=3)
+        loader = _loader(cells, collator, workers)
+        draws[workers] = [_draws(loader, collator, epoch) for epoch in (0, 1)]
+    assert draws[0] == draws[2]
+    assert draws[0][0] != draws[0][1]
+
+
+def test_two_ranks_draw_what_one_process_draws():
+    cells = _long_cells()
+    single = ScGPTDataCollator(pad_token_id=PAD, max_length=11, seed=3)
+    expected = _draws(_loader(cells, single), single, epoch=1)
+    merged = {}
+    for rank in (0, 1):
+        collator = ScGPTDataCollator(pad_token_id=PAD, max_length=11, seed=3)
+        sampler = torch.utils.data.DistributedSampler(cells, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(1)
+        merged.update(_draws(_loader(cells, collator, sampler=sampler), collator, epoch=1))
+    assert merged == expected and len(merged) == len(cells)
+
+
+def test_trainer_sets_the_epoch_through_the_callback_and_refuses_persistent_workers(tmp_path):
+    from transformers import TrainingArguments
+
+    from scpeft_hf.data.collator import CollatorEpochCallback
+    from scpeft_hf.errors import InvalidInputError
+
+    collator = ScGPTDataCollator(pad_token_id=PAD, max_length=11)
+    callback = CollatorEpochCallback(collator)
+    state = type("State", (), {"epoch": 2.5})()  # a run resumed half-way through its third epoch
+    callback.on_epoch_begin(None, state, None)
+    assert collator.epoch == 2
+    persistent = TrainingArguments(
+        output_dir=str(tmp_path), dataloader_num_workers=2, dataloader_persistent_workers=True, use_cpu=True
+    )
+    with pytest.raises(InvalidInputError, match="dataloader_persistent_workers=False"):
+        callback.on_train_begin(persistent, state, None)

@@ -204,3 +204,20 @@ def test_trainable_parameters_at_v2_104m_size(capsys):
         print("\nV2-104M trainable parameters (10 classes):")
         for method, n in counts.items():
             print(f"  {method:8s} {n:>12,} ({100 * n / total:.3f}% of {total:,})")
+
+
+def test_prefix_adapter_with_mean_pooling_pools_only_the_cells_tokens(folder):
+    """The mean cell embedding is taken inside the model, from BERT's hidden states: the prefix slots must be
+    gone by then, or the mask (length L) and the states (length L + n) do not line up."""
+    torch.manual_seed(0)
+    base = load_geneformer(folder, num_labels=NUM_LABELS, dictionary_size=VOCAB, cell_emb_style="mean").eval()
+    model = get_peft_model(base, method_config("prefix", identity=False)).eval()
+    batch = cell_batch()
+    with torch.no_grad():
+        output = model(**batch, output_hidden_states=True)
+    layer = output.hidden_states[-2]
+    assert layer.shape[1] == batch["input_ids"].shape[1]
+    assert torch.allclose(output.cell_embedding, pool_cell_embedding(layer, batch["attention_mask"], "mean"))
+    # the prefix tokens act on the cell (layers 0-1 of 4 are prefixed, the embedding is read after layer 3)
+    with torch.no_grad(), model.disable_adapter():
+        assert not torch.allclose(model(**batch).cell_embedding, output.cell_embedding)

@@ -155,3 +155,70 @@ def test_strip_prefix_removes_slots_from_hidden_states_and_attention_maps():
     assert strip_prefix(attention, 6, 2, "attentions").shape == (1, 2, 4, 4)
     embeddings = torch.zeros(1, 4, 8)  # already the input length: untouched
     assert strip_prefix(embeddings, 6, 2) is embeddings
+
+
+# ------------------------------------------------------------------------------------- devices and replicas
+
+
+def prefix_layer(model):
+    return next(m for m in model.modules() if type(m).__name__ == "PrefixAdapterLayer")
+
+
+def test_prefix_tokens_follow_the_hidden_states_device():
+    """Under `device_map` sharding the tokens can sit on another device than the hidden states reaching a layer:
+    here the encoder stack and its input are on `meta` while the tokens stay on the CPU."""
+    model = get_peft_model(tiny_scgpt(), PrefixAdapterConfig(init_weights=False)).eval()
+    wrapper = prefix_layer(model)
+    tokens = wrapper.scpeft_prefix_adapter_tokens["default"]
+    wrapper.base_layer.to("meta")
+    hidden = torch.zeros(3, 10, HIDDEN, device="meta")
+    with torch.no_grad():
+        output = wrapper(hidden, output_hidden_states=True)
+    assert tokens.device.type == "cpu"
+    assert output.last_hidden_state.device.type == "meta" and output.last_hidden_state.shape == (
+        3,
+        10,
+        HIDDEN,
+    )
+    assert all(state.shape == (3, 10, HIDDEN) for state in output.hidden_states)
+
+
+def replicate_by_hand(module: torch.nn.Module, parameter_copy) -> torch.nn.Module:
+    """What `nn.DataParallel` does per device: a shallow copy of every module (sharing its hook dictionaries)
+    holding copies of the parameters."""
+    replica = module._replicate_for_data_parallel()
+    for name, parameter in module._parameters.items():
+        replica._parameters[name] = None if parameter is None else parameter_copy(name, parameter)
+    for name, child in module._modules.items():
+        replica._modules[name] = None if child is None else replicate_by_hand(child, parameter_copy)
+    return replica
+
+
+def test_replicas_use_their_own_tokens_also_in_concurrent_threads():
+    """A replica's layers must read the replica's tokens (not the original module's), and replicas running at
+    the same time in threads, as `nn.DataParallel` runs them, must not see each other's prefix state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = get_peft_model(tiny_scgpt(), PrefixAdapterConfig(init_weights=False)).eval()
+    batch = cell_batch()
+
+    def scaled(factor):
+        def copy(name, parameter):
+            return parameter.detach() * factor if "prefix_adapter" in name or name == "default" else parameter
+
+        return copy
+
+    replicas = [replicate_by_hand(model, scaled(factor)) for factor in (3.0, -2.0)]
+    expected = []
+    for factor in (3.0, -2.0):
+        reference = get_peft_model(tiny_scgpt(), PrefixAdapterConfig(init_weights=False)).eval()
+        reference.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            prefix_layer(reference).scpeft_prefix_adapter_tokens["default"].mul_(factor)
+            expected.append(reference(**batch, output_hidden_states=True))
+    with torch.no_grad(), ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            outputs = list(pool.map(lambda replica: replica(**batch, output_hidden_states=True), replicas))
+            for output, reference in zip(outputs, expected, strict=True):
+                torch.testing.assert_close(output.logits, reference.logits)
+                assert [s.shape for s in output.hidden_states] == [s.shape for s in reference.hidden_states]

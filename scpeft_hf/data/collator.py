@@ -1,10 +1,13 @@
 """`ScGPTDataCollator`: pads tokenized cells into model batches for `transformers.Trainer`.
 
 Over-long cells (more than `max_length` tokens, `<cls>` included) are cut to `<cls>` plus `max_length - 1`
-genes drawn without replacement, kept in their original order. In training mode the draw comes from one
-seeded generator that advances with every batch, so each epoch sees other genes; in eval mode every cell
-gets its own generator seeded by (`seed`, CRC32 of its gene ids), so a cell always gets the same genes,
-whatever batch or order it comes in. Masking for masked-expression pretraining follows the same rule.
+genes drawn without replacement, kept in their original order. In training mode, rows that carry their
+dataset index (the `index_column`, "cell_index") draw from a generator seeded by (`seed`, `epoch`, index)
+alone: each epoch sees other genes, and the stream is the same for any number of DataLoader workers or DDP
+ranks, and after a resume (set the epoch with `set_epoch`; `CollatorEpochCallback` does it for `Trainer`).
+Rows without the index fall back to one seeded generator per worker that advances with every batch. In eval
+mode every cell gets its own generator seeded by (`seed`, CRC32 of its gene ids), so a cell always gets the
+same genes, whatever batch or order it comes in. Masking for masked-expression pretraining follows the same rule.
 
 `transformers.Trainer` collates training and evaluation batches with the same collator: give it one in
 training mode, and for reproducible evaluation switch it around `evaluate()`/`predict()`
@@ -13,12 +16,16 @@ training mode, and for reproducible evaluation switch it around `evaluate()`/`pr
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
+
+from ..errors import InvalidInputError
 
 
 @dataclass
@@ -48,6 +55,8 @@ class ScGPTDataCollator:
     mlm_probability: float = 0.0
     seed: int = 0
     training: bool = True
+    index_column: str = "cell_index"
+    epoch: int = 0
 
     def __post_init__(self):
         if self.max_length < 2:
@@ -76,8 +85,12 @@ class ScGPTDataCollator:
     def eval(self) -> ScGPTDataCollator:
         return self.train(False)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that training draws depend on (with the seed and each row's dataset index)."""
+        self.epoch = int(epoch)
+
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        generators = [self._generator_for(np.asarray(row["input_ids"])) for row in features]
+        generators = [self._generator_for(row) for row in features]
         cells = [
             self._fit_length(
                 np.asarray(row["input_ids"]), np.asarray(row["values"], dtype=np.float32), generator
@@ -103,9 +116,12 @@ class ScGPTDataCollator:
             batch["batch_labels"] = torch.tensor([row["batch_labels"] for row in features], dtype=torch.long)
         return batch
 
-    def _generator_for(self, input_ids: np.ndarray) -> np.random.Generator:
+    def _generator_for(self, row: dict) -> np.random.Generator:
         if not self.training:
-            return np.random.default_rng([self.seed, zlib.crc32(input_ids.astype(np.int64).tobytes())])
+            input_ids = np.asarray(row["input_ids"], dtype=np.int64)
+            return np.random.default_rng([self.seed, zlib.crc32(input_ids.tobytes())])
+        if row.get(self.index_column) is not None:
+            return np.random.default_rng([self.seed, self.epoch, int(row[self.index_column])])
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else None
         if worker_id != self._worker_id:
@@ -134,3 +150,25 @@ class ScGPTDataCollator:
             positions = generator.choice(n_genes, n_masked, replace=False) + 1
             masked[index, positions] = self.mask_value
         return masked
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Tell a collator (any object with `set_epoch`) the epoch `Trainer` is starting, resumed runs included.
+
+    DataLoader workers receive a copy of the collator when an epoch's iterator starts, after this callback ran;
+    persistent workers would keep the first epoch's copy, so they are refused.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            raise InvalidInputError(
+                "dataloader_persistent_workers=True keeps the collator of the first epoch in each worker, so "
+                "later epochs would repeat its gene draws; set dataloader_persistent_workers=False"
+            )
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if hasattr(self.collator, "set_epoch"):
+            self.collator.set_epoch(math.floor(state.epoch or 0))

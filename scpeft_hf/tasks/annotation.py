@@ -23,13 +23,16 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
+from ..data.collator import CollatorEpochCallback
 from ..errors import InvalidInputError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
-from ..output_folders import check_out_dir, make_staging_dir, publish
+from ..output_folders import check_out_dir, make_partial_dir, publish
 from .backbones import (
     SpeciesSettings,
     base_reference,
+    base_revision,
     describe_preprocessing,
     load_classifier,
     load_processor,
@@ -40,7 +43,7 @@ from .backbones import (
 from .baseline import DEFAULT_TIME_LIMIT, logistic_regression_baseline
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, prepare_model
+from .methods import METHODS, head_overrides, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, normalise_test_groups, split_cells
@@ -123,14 +126,14 @@ def check_labels(adata: ad.AnnData, label_key: str) -> None:
         )
 
 
-def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> Path:
-    """The main process creates the staging folder and every process gets its path (or the main process's
-    error), so that all ranks read the checkpoints that the main process writes."""
+def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState, resume: bool = False) -> Path:
+    """The main process creates the staging folder (`.<out>.partial`, kept for `resume`) and every process gets
+    its path (or the main process's error), so that all ranks read the checkpoints the main process writes."""
     shared: list = [None, None]
     if state.is_main_process:
         try:
             check_out_dir(out_dir, overwrite)
-            shared[0] = make_staging_dir(out_dir)
+            shared[0] = make_partial_dir(out_dir, resume)
         except (OSError, ScpeftUserError) as err:  # refused output folders included
             shared[1] = err
     if state.num_processes > 1:
@@ -152,6 +155,7 @@ def train_annotation(
     overwrite: bool = False,
     species: SpeciesSettings | None = None,
     test_groups: Mapping[str, Sequence[str]] | str | None = None,
+    resume: bool = False,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
@@ -163,6 +167,10 @@ def train_annotation(
     `test_groups` (`{"donor": ["human1"]}` or `"donor=human1"`) holds those groups out as the test split, with
     validation carved from the other cells, stratified. `metrics.json` carries a logistic-regression baseline
     fitted on the same training split and scored on the same test cells (unless `settings.baseline` is off).
+
+    Checkpoints are written to `.<out>.partial` beside `out_dir`; a run that was killed or interrupted leaves
+    them there, and `resume=True` continues from the last one (same data and settings give the same result as
+    an uninterrupted run). The folder is removed on success and when the run fails before training starts.
     """
     settings = settings or TrainingSettings()
     if method not in METHODS:
@@ -187,6 +195,8 @@ def train_annotation(
     gene_coverage = ortholog_coverage(processor, adata)
     processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
     datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
+    # each training cell's gene draws depend on (seed, epoch, its row in `adata`) alone: see ScGPTDataCollator
+    datasets["train"] = datasets["train"].add_column("cell_index", np.asarray(splits["train"]).tolist())
     train_labels = np.asarray(datasets["train"]["labels"])
     label_names = list(processor.label_names)
     check_training_classes(train_labels, label_names)
@@ -198,7 +208,8 @@ def train_annotation(
         "process %d of %d (%s): %d training cells", state.process_index, state.num_processes,
         state.distributed_type, len(splits["train"]),
     )  # fmt: skip
-    staging = _shared_staging_dir(out_dir, overwrite, state)
+    staging = _shared_staging_dir(out_dir, overwrite, state, resume)
+    training_started = False
     try:
         torch.manual_seed(settings.seed)
         model = load_classifier(
@@ -210,6 +221,7 @@ def train_annotation(
             class_weights=balanced_class_weights(train_labels, len(label_names))
             if settings.class_weights
             else None,
+            **head_overrides(method, base_dir),
         )
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
@@ -246,13 +258,20 @@ def train_annotation(
             ),
             train_dataset=datasets["train"],
             eval_dataset=datasets["validation"],
-            data_collator=make_collator(processor, train=True),
+            data_collator=(train_collator := make_collator(processor, train=True)),
             eval_data_collator=make_collator(processor, train=False),
             compute_metrics=compute_metrics,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
+            callbacks=[
+                EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience),
+                CollatorEpochCallback(train_collator),
+            ],
         )
         started = time.perf_counter()
-        trainer.train()
+        last = get_last_checkpoint(str(staging / "checkpoints")) if resume else None
+        if resume:
+            logger.info("resuming from %s", last or "the start: no checkpoint was left")
+        training_started = True
+        trainer.train(resume_from_checkpoint=last)
         train_seconds = time.perf_counter() - started
 
         # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the
@@ -286,6 +305,7 @@ def train_annotation(
                     "method": method,
                     "model_type": model.config.model_type,
                     "base_model": base_reference(base_dir),
+                    "base_model_revision": base_revision(base_dir),
                     "base_model_fingerprint": fingerprint,
                     "label_key": label_key,
                     "label_names": label_names,
@@ -306,8 +326,12 @@ def train_annotation(
         plot_umap(cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
         publish(staging, out_dir, command="train")
     except BaseException:
-        if state.is_main_process:
+        if state.is_main_process and not training_started:
             shutil.rmtree(staging, ignore_errors=True)
+        elif state.is_main_process:
+            logger.warning(
+                "Checkpoints are kept in %s: rerun the same command with --resume to continue", staging
+            )
         raise
     return AnnotationResult(out_dir, metrics, label_names)
 

@@ -8,18 +8,26 @@ Geneformer).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from anndata import AnnData
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
-from ..errors import InvalidInputError, MissingFileError
+from ..errors import HubConnectionError, InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
 from ..models.scgpt import ScGPTForCellClassification
 
@@ -35,30 +43,84 @@ PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": Geneforme
 PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
 
 Processor = ScGPTProcessor | GeneformerProcessor
+logger = logging.getLogger(__name__)
 
 
-def resolve_base(base: str | Path | None) -> Path:
-    """A base model folder: `base` itself, or the embedded demo backbone when None or `DEMO_BACKBONE_NAME`."""
+def resolve_base(base: str | Path | None, revision: str | None = None) -> Path:
+    """A base model folder: the embedded demo backbone when `base` is None or `DEMO_BACKBONE_NAME`; `base` itself
+    when it is a folder; else, for an `owner/name` id, that Hub model at `revision` (from the Hugging Face cache,
+    or downloaded). A retired embedded backbone is refused with its name."""
     if str(base) in RETIRED_BACKBONES:
         raise InvalidInputError(
             f"the adapter was trained on {base}, {RETIRED_BACKBONES[str(base)]}; retrain it with this version "
             f"(default base {DEMO_BACKBONE_NAME}), or use scpeft-hf 0.1.0 to load it"
         )
-    folder = DEMO_BACKBONE if base is None or str(base) == DEMO_BACKBONE_NAME else Path(base)
+    if base is None or str(base) == DEMO_BACKBONE_NAME:
+        folder = DEMO_BACKBONE
+    elif not Path(base).exists() and is_hub_repo_id(str(base)):
+        folder = _hub_base(str(base), revision)
+    else:
+        folder = Path(base)
     if not (folder / "config.json").is_file():
         hint = (
             "the embedded demo backbone is missing from this installation; reinstall scpeft-hf"
             if folder == DEMO_BACKBONE
-            else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
+            else "pass a folder written by `scpeft-hf convert` or save_pretrained(), a Geneformer model folder, "
+            "or a Hub model id"
         )
         raise MissingFileError(f"{folder} has no config.json: {hint}")
     return folder
 
 
+def _hub_base(repo_id: str, revision: str | None) -> Path:
+    at = f"{repo_id} at revision {revision}" if revision else repo_id
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise MissingFileError(
+            f"{repo_id} is not a local folder, and the Hub has no model {at} that this token may read"
+        ) from err
+    except LocalEntryNotFoundError as err:
+        raise HubConnectionError(
+            f"The base model {at} is neither in the Hugging Face cache nor downloadable now; check the network "
+            "connection, or pass --base with a local copy"
+        ) from err
+
+
+def hub_snapshot(folder: str | Path) -> tuple[str, str] | None:
+    """(repo id, commit) when `folder` is a model snapshot in the Hugging Face cache, which keeps them as
+    `.../models--owner--name/snapshots/<commit>`; None for any other folder."""
+    parts = Path(folder).resolve().parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo_id, commit = parts[-3].removeprefix("models--").replace("--", "/"), parts[-1]
+    if not is_hub_repo_id(repo_id) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+    return repo_id, commit
+
+
 def base_reference(base_dir: str | Path) -> str:
-    """How a trained folder records its base: the embedded backbone by name, any other folder by absolute path."""
+    """How a trained folder records its base: the embedded backbone by name, a Hub model (a snapshot in the
+    Hugging Face cache) by its id, with its commit in `base_revision`; any other folder by absolute path, with a
+    warning that the adapter will then load only where that path exists (or with --base)."""
     base_dir = Path(base_dir).resolve()
-    return DEMO_BACKBONE_NAME if base_dir == DEMO_BACKBONE.resolve() else str(base_dir)
+    if base_dir == DEMO_BACKBONE.resolve():
+        return DEMO_BACKBONE_NAME
+    snapshot = hub_snapshot(base_dir)
+    if snapshot is not None:
+        return snapshot[0]
+    logger.warning(
+        "The base model %s is a local folder: the adapter records this path and loads only where it exists "
+        "(elsewhere pass --base with a copy of the same weights); a base from the Hub is recorded by its id",
+        base_dir,
+    )
+    return str(base_dir)
+
+
+def base_revision(base_dir: str | Path) -> str | None:
+    """The Hub commit of a base model snapshot (see `base_reference`); None for local folders and the demo."""
+    snapshot = hub_snapshot(base_dir)
+    return snapshot[1] if snapshot is not None else None
 
 
 def is_hub_repo_id(reference: str) -> bool:
@@ -139,8 +201,7 @@ def load_classifier(folder: str | Path, processor: Processor, **config_overrides
             folder,
             "classification",
             dictionary_size=processor.vocab_size,
-            **_geneformer_pooling(processor),
-            **config_overrides,
+            **(_geneformer_pooling(processor, folder) | config_overrides),
         )
     legacy = _legacy_head_mapping(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, key_mapping=legacy, **config_overrides)
@@ -163,7 +224,10 @@ def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
     """The base model in `folder`, returning cell embeddings (`outputs.cell_embedding`)."""
     if isinstance(processor, GeneformerProcessor):
         return load_geneformer(
-            folder, "embedding", dictionary_size=processor.vocab_size, **_geneformer_pooling(processor)
+            folder,
+            "embedding",
+            dictionary_size=processor.vocab_size,
+            **_geneformer_pooling(processor, folder),
         )
     return _check_vocab_fits(AutoModel.from_pretrained(folder), processor, folder)
 
@@ -191,8 +255,11 @@ def _check_vocab_fits(
     return model
 
 
-def _geneformer_pooling(processor: GeneformerProcessor) -> dict:
-    """Geneformer's default cell embedding: `<cls>` when the cells carry one (V2), else the mean (V1)."""
+def _geneformer_pooling(processor: GeneformerProcessor, folder: str | Path) -> dict:
+    """Geneformer's default cell embedding: `<cls>` when the cells carry one (V2), else the mean (V1); none when
+    the folder's config.json already names one (a model fine-tuned and saved with its own pooling)."""
+    if "cell_emb_style" in json.loads((Path(folder) / "config.json").read_text()):
+        return {}
     return {"cell_emb_style": "cls" if processor.special_tokens else "mean"}
 
 

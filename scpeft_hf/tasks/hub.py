@@ -1,9 +1,16 @@
 """Share trained adapters on the Hugging Face Hub: `push_adapter` uploads exactly what loading and describing an
-adapter needs, in one commit; `resolve_adapter` turns a Hub id back into a local folder of those files."""
+adapter needs, in one commit; `resolve_adapter` turns a Hub id back into a local folder of those files.
+
+The pushed `adapter_config.json` names the base as `run_info.json` records it (see `base_reference`): the
+embedded demo backbone by name, a Hub base by its id with its commit as `revision`, so the adapter loads on any
+machine; a local base by its path on the training machine, which `push_adapter` warns about, because there the
+adapter loads only where that path exists or with `--base`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,12 +41,13 @@ from ..data.orthologs import GENE_MAP_NAME
 from ..data.processor import PROCESSOR_CONFIG_NAME, VOCAB_NAME
 from ..errors import HubAccessError, HubConnectionError, InvalidInputError, MissingFileError
 from .annotation import METRICS, RUN_INFO
-from .backbones import is_hub_repo_id, load_processor
-from .card import render_adapter_card
+from .backbones import DEMO_BACKBONE_NAME, is_hub_repo_id, load_processor
+from .card import hub_model_id, render_adapter_card
 from .integration_report import render_integration_card
 from .methods import PEFT_METHODS
 
 CARD = "README.md"
+logger = logging.getLogger(__name__)
 # A shared adapter: the peft adapter, the processor (its config holds the label names), the run record and the
 # card. The processor's own files depend on the backbone: scGPT's vocabulary or Geneformer's dictionaries.
 REQUIRED_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, PROCESSOR_CONFIG_NAME, RUN_INFO, METRICS)
@@ -95,7 +103,8 @@ def push_adapter(
             "No Hugging Face token: pass --token (token=...), set HF_TOKEN, or log in with `hf auth login`"
         )
     contents = {name: (folder / name).read_bytes() for name in names}
-    contents[CONFIG_NAME] = _portable_adapter_config(contents[CONFIG_NAME], run_info["base_model"])
+    base_model, revision = run_info["base_model"], run_info.get("base_model_revision")
+    contents[CONFIG_NAME] = _portable_adapter_config(contents[CONFIG_NAME], base_model, revision)
     contents[CARD] = card.encode()
     api = HfApi(token=token)
     with _hub_errors(api.endpoint, f"push to {repo_id}"):
@@ -110,6 +119,14 @@ def push_adapter(
             repo_id,
             operations=[CommitOperationAdd(name, content) for name, content in contents.items()],
             commit_message=commit_message or f"Upload {run_info['method']} adapter with scpeft-hf",
+        )
+    # said after the commit, so that a failed push prints its one-line error alone
+    if base_model != DEMO_BACKBONE_NAME and hub_model_id(base_model) is None:
+        logger.warning(
+            "%s was trained on the local base model %s: the pushed adapter names that path and loads only where "
+            "it exists, or with --base and a copy of the same weights; train on a Hub base to share it fully",
+            folder,
+            base_model,
         )
     return PushResult(commit=commit, files={name: len(content) for name, content in contents.items()})
 
@@ -157,10 +174,12 @@ def check_repo_id(repo_id: str) -> None:
         raise InvalidInputError(f"Repo id {repo_id!r} is not a valid Hub repo id: {err}") from err
 
 
-def _portable_adapter_config(config: bytes, base_model: str) -> bytes:
-    """The adapter config with its base named as in run_info.json, never by a path on the training machine."""
+def _portable_adapter_config(config: bytes, base_model: str, revision: str | None = None) -> bytes:
+    """The adapter config with its base named as in run_info.json (a Hub id with its `revision`, the demo name,
+    or a local path), not as the training run happened to open it (a cache snapshot, a relative path)."""
     settings = json.loads(config)
     settings["base_model_name_or_path"] = base_model
+    settings["revision"] = revision
     return (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -1,7 +1,14 @@
-"""The fine-tuning methods a task can use: scPEFT's four adapters, full fine-tuning, and a linear probe."""
+"""The fine-tuning methods a task can use: scPEFT's four adapters, full fine-tuning, and a linear probe.
+
+`probe` is a linear probe: one Linear layer (scGPT's head shrinks from its 3-layer MLP to its output layer,
+`num_cls_layers=1`; Geneformer's head is linear already) trained on the frozen backbone's eval-mode features.
+The backbone's dropout stays off in every training step, although `Trainer` switches the model to train mode
+before each one.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,6 +36,28 @@ DEFAULT_LEARNING_RATES = {
 }
 # Task heads by model type, trained by `probe` (and saved next to adapters by the tuners' own defaults).
 TASK_HEADS = {"scgpt": "classifier", "bert": "classifier"}
+# Config fields that make each model type's head a single Linear layer, for `probe`.
+LINEAR_HEADS = {"scgpt": {"num_cls_layers": 1}, "bert": {}}
+
+
+def head_overrides(method: str, base_dir: str | Path) -> dict:
+    """Config fields the head of `method` needs on the base model in `base_dir`: a linear head for `probe`."""
+    if method != "probe":
+        return {}
+    return dict(LINEAR_HEADS[json.loads((Path(base_dir) / "config.json").read_text())["model_type"]])
+
+
+def keep_backbone_in_eval(model: PreTrainedModel, head: str):
+    """Put every child of `model` but `head` in eval mode before each forward, so dropout in the frozen backbone
+    stays off even after `model.train()` (which `Trainer` calls every step). Returns the hook's handle."""
+
+    def _backbone_to_eval(module, args):
+        if module.training:
+            for name, child in module.named_children():
+                if name != head:
+                    child.eval()
+
+    return model.register_forward_pre_hook(_backbone_to_eval)
 
 
 def peft_config(method: str, model: PreTrainedModel, modules_to_save: list[str] | None = None) -> PeftConfig:
@@ -64,6 +93,7 @@ def prepare_model(
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith(head + ".")
+        keep_backbone_in_eval(model, head)
     else:
         model.requires_grad_(True)
     if modules_to_save is None:  # a task that names its own modules (integration) trains no classifier

@@ -40,7 +40,9 @@ def load_trained_model(
     run_info = json.loads(info_path.read_text())
     processor = load_processor(adapter_dir, species=species)
     if run_info["method"] in PEFT_METHODS:
-        base_dir = resolve_base(base or run_info["base_model"])
+        base_dir = resolve_base(
+            base or run_info["base_model"], None if base else run_info.get("base_model_revision")
+        )
         processor.pretrained_genes = read_pretrained_genes(base_dir)
         model = load_classifier(
             base_dir,

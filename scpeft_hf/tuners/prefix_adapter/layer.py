@@ -2,13 +2,20 @@
 
 Forward pre-hooks on the stack's layers insert the tokens (first targeted layer), overwrite them (later
 targeted layers) and widen the attention mask (every layer from the first targeted one on); the wrapper strips
-the slots from the stack's outputs, and a forward hook on the model from the hidden states and attention maps it
-returns. The hooks run before each layer's `forward`, outside transformers'
-gradient-checkpointing region, so checkpointed layers recompute from the already widened inputs.
+the slots from the stack's outputs, and forward hooks on the backbone and the model from the hidden states and
+attention maps they return (the backbone's, so that a head pooling them inside the model never sees the slots).
+The hooks run before each layer's `forward`, outside transformers' gradient-checkpointing region, so
+checkpointed layers recompute from the already widened inputs.
+
+The hooks hold no reference to the wrapper: the wrapper's `forward` publishes its tokens (and afterwards the
+widening) in a thread-local, and the hooks read them there. `nn.DataParallel` replicas share their originals'
+hook dictionaries and run in threads of their own, so each replica's layers see that replica's tokens; the
+tokens are moved to the hidden states' device and dtype, as `device_map` sharding needs.
 """
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import Any
 
@@ -21,6 +28,15 @@ from ..tuner_utils import WrapsBlockMixin
 from .config import PrefixAdapterConfig
 
 _PREFIX = ScPeftType.PREFIX_ADAPTER.prefix
+# Per thread: the (tokens, layers) of the wrapped stacks running now (innermost last), and the widening
+# `(L + n, n)` of the last stack that ran, until a model-level hook strips the slots from its outputs.
+_RUNNING = threading.local()
+
+
+def _running_prefixes() -> list:
+    if not hasattr(_RUNNING, "prefixes"):
+        _RUNNING.prefixes = []
+    return _RUNNING.prefixes
 
 
 def find_layer_list(stack: nn.Module, layers_pattern: str | None) -> tuple[str, nn.ModuleList]:
@@ -84,6 +100,45 @@ def strip_prefix(value: Any, widened_length: int, num_tokens: int, name: str = "
     return value
 
 
+def _before_layer(index: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Pre-hook of layer `index` of a wrapped stack: insert or overwrite the slots, widen the mask."""
+    running = _running_prefixes()
+    prefix = running[-1] if running else None
+    if prefix is None or index < prefix[1][0]:
+        return None
+    tokens, layers = prefix
+    num_tokens = tokens.shape[1]
+    args, kwargs = list(args), dict(kwargs)
+    if index in layers:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        layer_tokens = tokens[layers.index(index)].to(device=hidden.device, dtype=hidden.dtype)
+        layer_tokens = layer_tokens.expand(hidden.shape[0], -1, -1)
+        # the first targeted layer inserts the slots, later ones overwrite them
+        rest = hidden[:, 1:] if index == layers[0] else hidden[:, 1 + num_tokens :]
+        hidden = torch.cat([hidden[:, :1], layer_tokens, rest], dim=1)
+        if args:
+            args[0] = hidden
+        else:
+            kwargs["hidden_states"] = hidden
+    # the stack hands every layer the mask of the unprefixed sequence
+    if "attention_mask" in kwargs:
+        kwargs["attention_mask"] = widen_mask(kwargs["attention_mask"], num_tokens)
+    elif len(args) > 1 and isinstance(args[1], torch.Tensor):
+        args[1] = widen_mask(args[1], num_tokens)
+    return tuple(args), kwargs
+
+
+def _strip_model_outputs(module: nn.Module, args: tuple, output: Any) -> Any:
+    """Forward hook on the backbone / model: strip the slots from the hidden states and attentions it returns."""
+    widening, _RUNNING.widening = getattr(_RUNNING, "widening", None), None
+    if widening is None or not isinstance(output, ModelOutput):
+        return None
+    for key, value in list(output.items()):
+        if "hidden_states" in key or "attentions" in key:
+            output[key] = strip_prefix(value, *widening, key)
+    return output
+
+
 class PrefixAdapterLayer(nn.Module, WrapsBlockMixin):
     """Wraps an encoder stack; holds per adapter the tokens `[num_layers, num_tokens, hidden]` and the layers."""
 
@@ -107,10 +162,9 @@ class PrefixAdapterLayer(nn.Module, WrapsBlockMixin):
         self.in_features = self.out_features = hidden_size
         self._layers_attribute, layers = find_layer_list(base_layer, config.layers_pattern)
         self._hook_handles = [
-            layer.register_forward_pre_hook(partial(self._before_layer, index), with_kwargs=True)
+            layer.register_forward_pre_hook(partial(_before_layer, index), with_kwargs=True)
             for index, layer in enumerate(layers)
         ]
-        self._last_widening: tuple[int, int] | None = None
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -149,59 +203,33 @@ class PrefixAdapterLayer(nn.Module, WrapsBlockMixin):
             )
         return self.scpeft_prefix_adapter_tokens[active[0]], self.scpeft_prefix_adapter_layers[active[0]]
 
-    def _before_layer(
-        self, index: int, module: nn.Module, args: tuple, kwargs: dict
-    ) -> tuple[tuple, dict] | None:
-        prefix = self._active_prefix()
-        if prefix is None or index < prefix[1][0]:
-            return None
-        tokens, layers = prefix
-        num_tokens = tokens.shape[1]
-        args, kwargs = list(args), dict(kwargs)
-        if index in layers:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            layer_tokens = tokens[layers.index(index)].to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-            # the first targeted layer inserts the slots, later ones overwrite them
-            rest = hidden[:, 1:] if index == layers[0] else hidden[:, 1 + num_tokens :]
-            hidden = torch.cat([hidden[:, :1], layer_tokens, rest], dim=1)
-            if args:
-                args[0] = hidden
-            else:
-                kwargs["hidden_states"] = hidden
-        # the stack hands every layer the mask of the unprefixed sequence
-        if "attention_mask" in kwargs:
-            kwargs["attention_mask"] = widen_mask(kwargs["attention_mask"], num_tokens)
-        elif len(args) > 1 and isinstance(args[1], torch.Tensor):
-            args[1] = widen_mask(args[1], num_tokens)
-        return tuple(args), kwargs
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         prefix = self._active_prefix()
-        self._last_widening = None
-        output = self.base_layer(*args, **kwargs)
+        _RUNNING.widening = None
+        running = _running_prefixes()
+        running.append(prefix)
+        try:
+            output = self.base_layer(*args, **kwargs)
+        finally:
+            running.pop()
         if prefix is None:
             return output
         hidden = args[0] if args else kwargs["hidden_states"]
         num_tokens = prefix[0].shape[1]
-        self._last_widening = (hidden.shape[1] + num_tokens, num_tokens)
-        return strip_prefix(output, *self._last_widening)
+        _RUNNING.widening = (hidden.shape[1] + num_tokens, num_tokens)
+        return strip_prefix(output, *_RUNNING.widening)
 
     def watch_model_outputs(self, model: nn.Module) -> None:
-        """Also strip the slots from the hidden states and attention maps that `model` returns.
+        """Also strip the slots from the hidden states and attention maps that `model` and its backbone return.
 
         transformers' BERT records them with hooks on its layers, outside the wrapped stack, so they would still
-        contain the prefix slots; scGPT collects them inside the stack, where `forward` already strips them.
+        contain the prefix slots when a head pools them (Geneformer's mean cell embedding); scGPT collects them
+        inside the stack, where `forward` already strips them. The innermost hook strips, the outer ones find
+        nothing left to do.
         """
-        self._hook_handles.append(model.register_forward_hook(self._strip_model_outputs))
-
-    def _strip_model_outputs(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        widening, self._last_widening = getattr(self, "_last_widening", None), None
-        if widening is None or not isinstance(output, ModelOutput):
-            return None
-        for key, value in list(output.items()):
-            if "hidden_states" in key or "attentions" in key:
-                output[key] = strip_prefix(value, *widening, key)
-        return output
+        backbone = getattr(model, "base_model", model)
+        watched = [backbone] if backbone is model else [backbone, model]
+        self._hook_handles.extend(module.register_forward_hook(_strip_model_outputs) for module in watched)
 
     def remove_hooks(self) -> None:
         for handle in self._hook_handles:

@@ -1,0 +1,80 @@
+"""How a trained folder records its base: a Hub base by id and revision, a local base by path with a warning.
+
+The Hub base is a snapshot in a Hugging Face cache built here, offline, in the layout `huggingface_hub` keeps
+(`models--owner--name/snapshots/<commit>`, `refs/main`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from huggingface_hub import constants
+
+from scpeft_hf.datasets import pbmc68k_reduced
+from scpeft_hf.errors import HubConnectionError
+from scpeft_hf.tasks.annotation import TrainingSettings, load_annotator, train_annotation
+from scpeft_hf.tasks.backbones import base_reference, base_revision, hub_snapshot, resolve_base
+from scpeft_hf.tasks.hub import _portable_adapter_config
+from tests.geneformer_helpers import ensembl_id, write_tiny_geneformer
+
+REPO_ID, COMMIT = "alice/tiny-geneformer", "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def cells():
+    adata = pbmc68k_reduced()
+    keep = np.concatenate(
+        [np.flatnonzero(adata.obs["bulk_labels"] == name)[:12] for name in ("CD14+ Monocyte", "CD19+ B")]
+    )
+    return adata[keep].copy()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch, cells):
+    cache = tmp_path / "hf-cache"
+    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    snapshot = write_tiny_geneformer(repo / "snapshots" / COMMIT, cells.n_vars, max_positions=64)
+    mapping = {symbol: ensembl_id(i + 1) for i, symbol in enumerate(cells.var_names)}
+    (snapshot / "gene_name_id_dict_gc104M.json").write_text(json.dumps(mapping))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return snapshot
+
+
+def test_a_hub_snapshot_is_recorded_by_id_and_revision(hub_cache, caplog):
+    assert hub_snapshot(hub_cache) == (REPO_ID, COMMIT)
+    with caplog.at_level(logging.WARNING):
+        assert base_reference(hub_cache) == REPO_ID and base_revision(hub_cache) == COMMIT
+    assert not caplog.records
+    assert resolve_base(REPO_ID, COMMIT) == hub_cache and resolve_base(REPO_ID) == hub_cache
+    with pytest.raises(HubConnectionError, match="alice/absent is neither in the Hugging Face cache"):
+        resolve_base("alice/absent")
+
+
+def test_a_local_base_is_recorded_by_path_with_a_warning(tmp_path, caplog):
+    folder = write_tiny_geneformer(tmp_path / "models--not-a-snapshot", 12)
+    assert hub_snapshot(folder) is None and base_revision(folder) is None
+    with caplog.at_level(logging.WARNING):
+        assert base_reference(folder) == str(folder.resolve())
+    assert "loads only where it exists" in caplog.text
+
+
+def test_pushed_adapter_config_names_the_hub_base_and_its_revision():
+    local = json.dumps({"base_model_name_or_path": "/home/me/cache/snapshots/x", "revision": None}).encode()
+    pushed = json.loads(_portable_adapter_config(local, REPO_ID, COMMIT))
+    assert pushed["base_model_name_or_path"] == REPO_ID and pushed["revision"] == COMMIT
+
+
+@pytest.mark.slow
+def test_train_on_a_hub_base_records_it_and_predicts_from_the_cache(hub_cache, cells, tmp_path):
+    settings = TrainingSettings(epochs=1, batch_size=8, test_fraction=0.25, validation_fraction=0.2)
+    result = train_annotation(cells, "bulk_labels", "lora", tmp_path / "out", base=REPO_ID, settings=settings)
+    run_info = json.loads((result.out_dir / "run_info.json").read_text())
+    assert run_info["base_model"] == REPO_ID and run_info["base_model_revision"] == COMMIT
+    predicted = load_annotator(result.out_dir).predict(cells.copy())
+    assert predicted.obsm["X_scpeft"].shape == (cells.n_obs, 32)
