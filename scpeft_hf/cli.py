@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .tasks.training_knobs import PRECISIONS
+
 INPUT_KINDS = ("auto", "counts", "log1p")
 # Errors whose message tells the user what to fix (input, files, network, credentials): shown without traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError, PermissionError)
@@ -40,10 +42,10 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .tasks.annotation import TrainingSettings, train_annotation
+def _training_settings(args: argparse.Namespace):
+    from .tasks.annotation import TrainingSettings
 
-    settings = TrainingSettings(
+    return TrainingSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
@@ -52,7 +54,17 @@ def _train(args: argparse.Namespace) -> int:
         early_stopping_patience=args.patience,
         class_weights=not args.no_class_weights,
         gradient_checkpointing=args.gradient_checkpointing,
+        adapter_layers=args.adapter_layers,
+        precision=args.precision,
+        torch_compile=args.torch_compile,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .tasks.annotation import train_annotation
+
+    settings = _training_settings(args)
     result = train_annotation(
         _read_h5ad(args.data),
         label_key=args.label_key,
@@ -143,6 +155,37 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """Memory and speed knobs of the training commands, each recorded in run_info.json."""
+    parser.add_argument(
+        "--adapter-layers",
+        default=None,
+        help="encoder layers that get the encoder adapter, prefix or LoRA: 'paper' (the first half, the default), "
+        "'all', or indices and ranges such as '6-11' or '0,2,4-5'. Adapters on upper layers only stop "
+        "backpropagation below them. Not for token (it sits on the input), full or probe",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: less memory, slower steps",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="mixed precision: auto = bf16 on a CUDA GPU that supports it, else fp32; fp16 needs a CUDA GPU",
+    )
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="compile the model with torch.compile (inductor)"
+    )
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        help="sum gradients over this many batches per optimizer step (effective batch = batch size x this)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scpeft-hf",
@@ -196,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"
     )
-    train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    _add_speed_options(train)
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     train.set_defaults(handler=_train)
 

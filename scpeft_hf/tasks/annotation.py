@@ -17,6 +17,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from peft import PeftModel
 from transformers import (
+    AutoConfig,
     EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
@@ -35,10 +36,11 @@ from .backbones import (
 )
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, PEFT_METHODS, prepare_model
+from .methods import METHODS, PEFT_METHODS, parse_adapter_layers, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, make_splits
+from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class TrainingSettings:
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     gradient_checkpointing: bool = False
+    adapter_layers: str | None = None  # "paper", "all", "6-11", ...; None: the method's default
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    torch_compile: bool = False
+    gradient_accumulation_steps: int = 1
     logging_steps: int = 10
     extra_training_args: dict = field(default_factory=dict)
 
@@ -149,10 +155,15 @@ def train_annotation(
     settings = settings or TrainingSettings()
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    knob_arguments = trainer_arguments(
+        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
+    )
     check_labels(adata, label_key)
     if split_key is not None and split_key not in adata.obs:
         raise KeyError(f"Split column '{split_key}' is not in adata.obs")
     base_dir = resolve_base(base)
+    num_layers = AutoConfig.from_pretrained(base_dir).num_hidden_layers
+    layers = parse_adapter_layers(settings.adapter_layers, num_layers, method)
     processor = load_processor(base_dir, input_kind=input_kind, max_length=settings.max_length)
     processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
     splits = make_splits(
@@ -189,7 +200,13 @@ def train_annotation(
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model, learning_rate = prepare_model(model, method, settings.learning_rate)
+        model, learning_rate = prepare_model(model, method, settings.learning_rate, layers)
+        # where the adapters went (the default filled in); None for token, full and probe
+        placed = (
+            getattr(model.peft_config["default"], "layers_to_transform", None)
+            if method in PEFT_METHODS
+            else None
+        )
         trainable, total = count_parameters(model)
         logger.info("%s: %s trainable of %s parameters", method, f"{trainable:,}", f"{total:,}")
 
@@ -216,7 +233,7 @@ def train_annotation(
                 remove_unused_columns=False,
                 label_names=["labels"],
                 use_cpu=not torch.cuda.is_available(),
-                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                **knob_arguments,
                 **settings.extra_training_args,
             ),
             train_dataset=datasets["train"],
@@ -227,7 +244,7 @@ def train_annotation(
             callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)],
         )
         started = time.perf_counter()
-        trainer.train()
+        train_loss = trainer.train().training_loss
         train_seconds = time.perf_counter() - started
 
         # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the
@@ -237,7 +254,9 @@ def train_annotation(
         test_labels = np.asarray(datasets["test"]["labels"])
         predictions = logits.argmax(-1)
         metrics = {f"test_{k}": v for k, v in classification_metrics(test_labels, predictions).items()}
-        metrics.update(trainable_params=trainable, total_params=total, train_seconds=train_seconds)
+        metrics.update(
+            trainable_params=trainable, total_params=total, train_seconds=train_seconds, train_loss=train_loss
+        )
         metrics["best_validation_macro_f1"] = trainer.state.best_metric
         state.wait_for_everyone()  # all ranks are done with the checkpoints before they are removed
         if not trainer.is_world_process_zero():
@@ -261,7 +280,12 @@ def train_annotation(
                     "n_cells": {name: int(len(index)) for name, index in splits.items()},
                     "test_obs_names": adata.obs_names[splits["test"]].tolist(),
                     "training": asdict(settings)
-                    | {"learning_rate": learning_rate, "world_size": trainer.args.world_size},
+                    | {"learning_rate": learning_rate, "world_size": trainer.args.world_size}
+                    | {
+                        "adapter_layers_placed": placed,
+                        "precision_used": resolve_precision(settings.precision),
+                    }
+                    | {"optimizer_steps": trainer.state.global_step},
                 },
                 indent=2,
             )

@@ -5,9 +5,13 @@ from __future__ import annotations
 from peft import PeftConfig, get_peft_model
 from transformers import PreTrainedModel
 
+from ..errors import InvalidInputError
 from ..tuners import EncoderAdapterConfig, PrefixAdapterConfig, TokenAdapterConfig, scpeft_lora_config
+from ..tuners.targets import first_half_of_layers
 
 PEFT_METHODS = ("encoder", "token", "prefix", "lora")
+# Methods whose adapters sit in encoder layers, so that `--adapter-layers` can place them.
+LAYERED_METHODS = ("encoder", "prefix", "lora")
 METHODS = (*PEFT_METHODS, "full", "probe")
 
 # Adapters and heads start from scratch and tolerate larger steps than pretrained weights do.
@@ -23,27 +27,64 @@ DEFAULT_LEARNING_RATES = {
 TASK_HEADS = {"scgpt": "cls_decoder", "bert": "classifier"}
 
 
-def peft_config(method: str, model: PreTrainedModel) -> PeftConfig:
-    """The adapter config of `method` with our documented defaults, for this model."""
+def parse_adapter_layers(spec: str | None, num_layers: int, method: str) -> list[int] | None:
+    """The encoder layers named by `spec` ("paper": the first half, as scPEFT; "all"; or indices and ranges such
+    as "6-11" or "0,2,4-5"), for a model with `num_layers` layers. None keeps the method's default."""
+    if spec is None:
+        return None
+    if method not in LAYERED_METHODS:
+        reason = "the token adapter sits on the input embedding, before any layer"
+        raise InvalidInputError(
+            f"--adapter-layers does not apply to --method {method}: "
+            + (reason if method == "token" else f"{method} has no adapter")
+        )
+    if spec == "paper":
+        return first_half_of_layers(num_layers)
+    if spec == "all":
+        return list(range(num_layers))
+    layers: set[int] = set()
+    try:
+        for part in spec.split(","):
+            start, _, end = part.strip().partition("-")
+            layers.update(range(int(start), int(end or start) + 1))
+    except ValueError:
+        layers = set()
+    outside = sorted(index for index in layers if not 0 <= index < num_layers)
+    if not layers or outside:
+        problem = f"layers {outside} are outside" if outside else "names no layer of"
+        raise InvalidInputError(
+            f"--adapter-layers {spec!r} {problem} the model's {num_layers} layers (0-{num_layers - 1}); use e.g. "
+            f"'{num_layers // 2}-{num_layers - 1}', 'all' or 'paper' (the first half)"
+        )
+    return sorted(layers)
+
+
+def peft_config(method: str, model: PreTrainedModel, layers: list[int] | None = None) -> PeftConfig:
+    """The adapter config of `method` with our documented defaults, for this model; `layers` places it."""
     if method == "encoder":
-        return EncoderAdapterConfig()
+        return EncoderAdapterConfig(layers_to_transform=layers)
     if method == "token":
         return TokenAdapterConfig()
     if method == "prefix":
-        return PrefixAdapterConfig()
+        return PrefixAdapterConfig(layers_to_transform=layers)
     if method == "lora":
         head = TASK_HEADS.get(model.config.model_type)
-        return scpeft_lora_config(num_layers=model.config.num_hidden_layers, modules_to_save=[head])
+        return scpeft_lora_config(
+            layers=layers, num_layers=model.config.num_hidden_layers, modules_to_save=[head]
+        )
     raise ValueError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
 
-def prepare_model(model: PreTrainedModel, method: str, learning_rate: float | None = None):
-    """Make exactly the parameters of `method` trainable. Returns (model, learning rate)."""
+def prepare_model(
+    model: PreTrainedModel, method: str, learning_rate: float | None = None, layers: list[int] | None = None
+):
+    """Make exactly the parameters of `method` trainable (its adapters on `layers`, default: the method's own).
+    Returns (model, learning rate)."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
-        return get_peft_model(model, peft_config(method, model)), learning_rate
+        return get_peft_model(model, peft_config(method, model, layers)), learning_rate
     if method == "probe":
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
