@@ -1,4 +1,4 @@
-# Device command (repo root): python benchmarks/gpu_vs_official.py --official-wheel .official/scpeft-0.1.2-py3-none-any.whl --loralib-wheel .official/loralib-0.1.2-py3-none-any.whl --time-budget-s 180
+# Device command (repo root; results come back in $OUT, copy them to benchmarks/results/): python benchmarks/gpu_vs_official.py --official-wheel .official/scpeft-0.1.2-py3-none-any.whl --loralib-wheel .official/loralib-0.1.2-py3-none-any.whl --time-budget-s 180 --out "$OUT"
 """Our scGPT + peft tuners beside the official scPEFT 0.1.2 model code, in one process on one device.
 
 For every method (full, encoder, token, prefix, lora), ours and official, at scGPT-human size (d 512, 12 layers,
@@ -507,8 +507,9 @@ def main() -> None:
     for wheel in (args.official_wheel, args.loralib_wheel):
         if wheel is not None and not wheel.is_file():
             parser.error(f"{wheel} does not exist; download it with `pip download --no-deps` (see --help)")
+    shown = [part for index, part in enumerate(sys.argv[1:]) if "--out" not in sys.argv[index : index + 2]]
     command = "python benchmarks/gpu_vs_official.py " + " ".join(
-        Path(part).name if part.endswith(".whl") else part for part in sys.argv[1:]
+        Path(part).name if part.endswith(".whl") else part for part in shown
     )
     results = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
