@@ -331,7 +331,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
         + "`",
         "",
         f"Setup: random scGPT-human weights (d 512, 12 layers, 8 heads, vocab 60,697), {NUM_LABELS}-class "
-        f"`cls_decoder`, AdamW (lr 1e-4) on the trainable parameters, batch {args.batch_size} x {args.seq_len} "
+        f"`classifier` head, AdamW (lr 1e-4) on the trainable parameters, batch {args.batch_size} x {args.seq_len} "
         f"genes without padding, dropout 0.2 (attention dropout "
         f"{0.2 if args.attention_dropout is None else args.attention_dropout}), {args.warmup} warm-up step(s) "
         f"then {args.steps} timed step(s). "

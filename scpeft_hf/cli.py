@@ -5,21 +5,40 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
+from .errors import InvalidInputError, MissingFileError, OutputExistsError, ScpeftUserError
 from .tasks.training_knobs import PRECISIONS
 
 INPUT_KINDS = ("auto", "counts", "log1p")
-# Errors whose message tells the user what to fix (input, files, network, credentials): shown without traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError, PermissionError)
+VERBOSE_HELP = "log progress details, and show the traceback of any error"
 
 
 def _read_h5ad(path: str):
     import anndata as ad
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--data {path} does not exist")
-    return ad.read_h5ad(path)
+        raise MissingFileError(f"--data {path} does not exist; pass the path of an .h5ad file")
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as err:  # h5py: truncated, not HDF5, or unreadable
+        raise InvalidInputError(
+            f"--data {path} cannot be read as .h5ad ({str(err).splitlines()[0]}); the file is damaged or not an "
+            "AnnData file: write it again with adata.write_h5ad()"
+        ) from err
+    if adata.n_obs == 0:
+        raise InvalidInputError(f"--data {path} has 0 cells; pass a file with at least one cell")
+    return adata
+
+
+def _check_out_file(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing --out file unless --overwrite; called before any work starts."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(f"--out {path} is a folder; pass the path of the .h5ad file to write")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"--out {path} exists; choose another file or pass --overwrite to replace it")
 
 
 def _write_h5ad(adata, path: str) -> None:
@@ -62,7 +81,10 @@ def _training_settings(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .output_folders import check_out_dir
     from .tasks.annotation import train_annotation
+
+    check_out_dir(Path(args.out), args.overwrite, inputs=[args.data])
 
     settings = _training_settings(args)
     result = train_annotation(
@@ -88,8 +110,10 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .tasks.annotation import load_annotator
 
+    _check_out_file(args.out, args.overwrite)
+    cells = _read_h5ad(args.data)
     annotator = load_annotator(args.adapter, base=args.base)
-    adata = annotator.predict(_read_h5ad(args.data), batch_size=args.batch_size)
+    adata = annotator.predict(cells, batch_size=args.batch_size)
     _write_h5ad(adata, args.out)
     counts = adata.obs["scpeft_pred"].value_counts()
     print(
@@ -101,6 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from .tasks.embedding import embed_cells
 
+    _check_out_file(args.out, args.overwrite)
     adata = embed_cells(
         _read_h5ad(args.data), base=args.base, adapter=args.adapter, batch_size=args.batch_size
     )
@@ -123,17 +148,44 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .tasks.pretrain import pretrain_demo_backbone
+    from .tasks.pretrain import pretrain_backbone
 
-    out = pretrain_demo_backbone(args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
-    print(f"Wrote the pretrained demo backbone to {out}")
+    out = pretrain_backbone(
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        time_budget_s=args.time_budget_s,
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote the pretrained backbone to {out}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .tasks.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from .datasets import DATASETS, data_home, load_dataset
+
+    if args.action == "list":
+        print(f"{'name':<18} {'cells':>6} {'genes':>6}  {'labels':<15} {'licence':<13} {'source':<23} cached")
+        for info in DATASETS.values():
+            print(
+                f"{info.name:<18} {info.cells:>6} {info.genes:>6}  {info.labels:<15} {info.licence:<13} "
+                f"{info.source:<23} {'yes' if info.cached else 'no'}"
+            )
+        print(f"cache: {data_home()}")
+        return 0
+    if not args.out:
+        raise InvalidInputError("datasets get needs --out FILE.h5ad")
+    _check_out_file(args.out, args.overwrite)
+    adata = load_dataset(args.name)
+    _write_h5ad(adata, args.out)
+    print(f"Wrote {args.name}: {adata.n_obs} cells x {adata.n_vars} genes to {args.out}")
     return 0
 
 
@@ -192,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parameter-efficient fine-tuning of single-cell foundation models on the Hugging Face stack. "
         "Run `scpeft-hf COMMAND --help` for each command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -204,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", choices=["scgpt"], help="which model family the checkpoint belongs to")
     convert.add_argument("src_dir", help="official checkpoint folder: best_model.pt, args.json, vocab.json")
     convert.add_argument("out_dir", help="folder to write; left untouched if conversion fails")
-    convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace OUT_DIR if it is a folder scpeft-hf wrote"
+    )
     convert.set_defaults(handler=_convert)
 
     train = commands.add_parser(
@@ -240,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"
     )
     _add_speed_options(train)
-    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
+    )
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -259,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base", default=None, help="base model folder (default: the one the adapter names)"
     )
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
+    predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     predict.set_defaults(handler=_predict)
 
     embed = commands.add_parser(
@@ -275,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--data", required=True, help=".h5ad file")
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
+    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     embed.set_defaults(handler=_embed)
 
     push = commands.add_parser(
@@ -303,15 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser(
         "pretrain",
-        help="pretrain the small demo backbone",
-        description="Pretrain the embedded demonstration backbone with scGPT's masked-expression objective on "
-        "the bundled pbmc68k_reduced cells outside the demo's test split (reproduces scpeft_hf/assets/scgpt-demo).",
+        help="pretrain the embedded backbone on the offline human cell pool",
+        description="Pretrain an scGPT-architecture backbone with scGPT's masked-value objective (GEP + GEPC) on "
+        "every offline human raw-count cell that no benchmark evaluates on (reproduces "
+        "scpeft_hf/assets/scgpt-offline-v1; about a minute on one GPU, hours on a 2-core CPU).",
     )
     pretrain.add_argument("--out", required=True, help="folder to write the backbone to")
-    pretrain.add_argument("--epochs", type=int, default=100, help="pretraining epochs (default 100)")
+    pretrain.add_argument("--epochs", type=int, default=40, help="pretraining epochs (default 40)")
+    pretrain.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=None,
+        help="train fewer epochs if they would not fit this budget",
+    )
     pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pretrain.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
+    )
     pretrain.set_defaults(handler=_pretrain)
+
+    datasets = commands.add_parser(
+        "datasets",
+        help="list or save the offline real datasets",
+        description="Real single-cell datasets shipped inside registry packages (pinned, sha256-checked, fetched "
+        "once with `pip download` into $SCPEFT_DATA_HOME, then offline): raw counts, gene symbols, obs "
+        "'cell_type' where labelled and 'donor'.",
+    )
+    datasets.add_argument("action", choices=["list", "get"], help="list the datasets, or save one as .h5ad")
+    datasets.add_argument(
+        "name", nargs="?", default=None, help="dataset name for `get` (see `datasets list`)"
+    )
+    datasets.add_argument("--out", default=None, help=".h5ad file to write (get)")
+    datasets.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    datasets.set_defaults(handler=_datasets)
 
     demo = commands.add_parser(
         "demo",
@@ -322,18 +404,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="scpeft-demo", help="output folder (default ./scpeft-demo)")
     demo.add_argument("--epochs", type=int, default=None, help="override every method's epoch budget")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is a folder an earlier demo wrote"
+    )
     demo.set_defaults(handler=_demo)
+
+    # `-v` is accepted after the command too; SUPPRESS keeps a command's default from undoing a leading `-v`.
+    for command in commands.choices.values():
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input (`ScpeftUserError`) prints one line and returns 2; any other exception is a
+    bug and propagates with its traceback. `-v` logs progress and shows tracebacks for bad input too."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.handler(args)
-    except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"scpeft-hf {args.command}: error: {message}", file=sys.stderr)
+    except ScpeftUserError as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"scpeft-hf {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -152,7 +152,7 @@ def test_push_uploads_the_adapter_alone_in_one_commit(hub, pushed, trained, base
     metrics = json.loads((trained / "metrics.json").read_text())
     tensors = load_safetensors(files["adapter_model.safetensors"])
     assert sum(t.numel() for t in tensors.values()) == metrics["trainable_params"]
-    assert all("encoder_adapter" in name or "cls_decoder" in name for name in tensors)
+    assert all("encoder_adapter" in name or "classifier" in name for name in tensors)
     base_size = (base / "model.safetensors").stat().st_size
     assert sum(len(content) for content in files.values()) < 0.05 * base_size
 

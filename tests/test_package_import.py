@@ -44,3 +44,15 @@ def test_lazy_names_resolve_to_the_data_room():
     assert scpeft_hf.GeneVocab is GeneVocab and scpeft_hf.ScGPTProcessor is ScGPTProcessor
     assert {"GeneVocab", "ScGPTDataCollator", "ScPeftType"} <= set(dir(scpeft_hf))
     assert set(scpeft_hf.__all__) <= set(dir(scpeft_hf))
+
+
+def test_the_collator_imports_without_the_data_stack():
+    """The backbone pretraining step runs on GPU machines with only the model stack (scripts/pretrain_backbone.py)."""
+    result = run_without_data_stack(
+        "from scpeft_hf.data.collator import ScGPTDataCollator\n"
+        "batch = ScGPTDataCollator(pad_token_id=9, max_length=4, mlm_probability=0.5)(\n"
+        "    [{'input_ids': [8, 1, 2, 3], 'values': [0.0, 3.0, 1.0, 2.0]}])\n"
+        "print(sorted(batch))\n"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['attention_mask', 'input_ids', 'labels', 'values']"

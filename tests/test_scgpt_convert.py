@@ -120,6 +120,7 @@ def test_converted_checkpoint_matches_official_model_in_eval(tmp_path, layout):
     assert report.unused_keys == ["flag_encoder.weight"]
     assert report.initialized_keys == []
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        ".scpeft-hf.json",
         "config.json",
         "model.safetensors",
         "vocab.json",
@@ -196,7 +197,7 @@ def test_classifier_from_pretrained_checkpoint_initialises_only_the_head(tmp_pat
     model, info = ScGPTForCellClassification.from_pretrained(
         tmp_path / "hf", num_labels=5, output_loading_info=True
     )
-    assert info["missing_keys"] and all(key.startswith("cls_decoder.") for key in info["missing_keys"])
+    assert info["missing_keys"] and all(key.startswith("classifier.") for key in info["missing_keys"])
     ids, values, padding = cell_batch(vocab)
     with torch.no_grad():
         expected = reference(ids, values, padding)["cell_emb"]

@@ -66,7 +66,7 @@ def test_lora_preset_targets_query_and_value_of_the_first_half():
         8,
         1,
         "none",
-        ["cls_decoder"],
+        ["classifier"],
     )
     model = get_peft_model(tiny_scgpt(), copy.deepcopy(config))
     adapted = sorted(name for name, module in model.named_modules() if hasattr(module, "lora_A") and name)

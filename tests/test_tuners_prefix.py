@@ -30,7 +30,7 @@ def reference_prefix_logits(base, tokens: torch.Tensor, layers: list[int], batch
         mask = None if bool(layer_keep.all()) else layer_keep[:, None, None, :]
         hidden, _ = layer(hidden, attention_mask=mask)
     hidden = torch.cat([hidden[:, :1], hidden[:, 1 + num_tokens :]], dim=1)
-    return base.cls_decoder(hidden[:, 0])
+    return base.classifier(hidden[:, 0])
 
 
 @pytest.mark.parametrize("layers", [[0, 1], [1, 3], [0, 1, 2, 3]])
@@ -42,9 +42,9 @@ def test_prefix_matches_a_plain_reference_loop(layers, padded):
     )
     tokens = model.base_model.model.scgpt.encoder.scpeft_prefix_adapter_tokens["default"]
     assert tokens.shape == (len(layers), 3, HIDDEN)
-    head = model.base_model.model.cls_decoder.modules_to_save["default"]
+    head = model.base_model.model.classifier.modules_to_save["default"]
     reference_model = tiny_scgpt()
-    reference_model.cls_decoder.load_state_dict(head.state_dict())
+    reference_model.classifier.load_state_dict(head.state_dict())
     with torch.no_grad():
         expected = reference_prefix_logits(reference_model, tokens, layers, batch)
         torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=1e-6)

@@ -55,9 +55,9 @@ def test_only_adapter_and_head_are_trainable(method):
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable, "nothing is trainable"
     for name in trainable:
-        assert METHOD_PREFIX[method] in name or ".cls_decoder.modules_to_save.default." in name, name
+        assert METHOD_PREFIX[method] in name or ".classifier.modules_to_save.default." in name, name
     # the head is trained as a copy; the original head and the backbone stay frozen
-    assert any("cls_decoder.modules_to_save.default.out_layer.weight" in name for name in trainable)
+    assert any("classifier.modules_to_save.default.out_layer.weight" in name for name in trainable)
     assert sum(p.numel() for n, p in model.named_parameters() if p.requires_grad) == adapter_parameter_count(
         method, HIDDEN, NUM_LAYERS
     ) + head_parameter_count(HIDDEN, NUM_LABELS)
@@ -84,7 +84,7 @@ def test_first_half_of_layers_is_resolved_and_saved(method, tmp_path):
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["layers_to_transform"] == [0, 1]
-    assert saved["modules_to_save"] == ["cls_decoder"]
+    assert saved["modules_to_save"] == ["classifier"]
     adapted = {
         name for name, _ in model.named_modules() if name.endswith(("scpeft_encoder_adapter_down", "lora_A"))
     }
@@ -131,7 +131,7 @@ def test_trainable_share_at_scgpt_human_size_is_at_most_3_percent(method):
     with torch.device("meta"):
         base = ScGPTForCellClassification(ScGPTConfig(num_labels=10))
     base_total = sum(p.numel() for p in base.parameters())
-    # backbone + cls_decoder; the 51.3M of the checkpoint also counts the pretraining decoders
+    # backbone + classifier; the 51.3M of the checkpoint also counts the pretraining decoders
     assert base_total == 50_810_890
     model = get_peft_model(
         base, method_config(method) if method != "lora" else scpeft_lora_config(num_layers=12)
@@ -155,7 +155,7 @@ def test_save_pretrained_writes_only_adapter_and_head(method, tmp_path):
     ]
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     adapter_keys = [k for k in tensors if METHOD_PREFIX[method] in k]
-    head_keys = [k for k in tensors if k.startswith("base_model.model.cls_decoder.")]
+    head_keys = [k for k in tensors if k.startswith("base_model.model.classifier.")]
     assert sorted(adapter_keys + head_keys) == sorted(tensors), "backbone weights were saved"
     assert sum(tensors[k].numel() for k in adapter_keys) == adapter_parameter_count(
         method, HIDDEN, NUM_LAYERS
@@ -169,7 +169,7 @@ def test_from_pretrained_on_fresh_base_reproduces_outputs_bit_exactly(method, tm
     batch = cell_batch()
     model = get_peft_model(tiny_scgpt(), method_config(method, identity=False))
     with torch.no_grad():
-        model.base_model.model.cls_decoder.modules_to_save["default"].out_layer.bias.add_(1.0)
+        model.base_model.model.classifier.modules_to_save["default"].out_layer.bias.add_(1.0)
         expected = logits(model, batch)
     model.save_pretrained(tmp_path)
 
@@ -275,7 +275,7 @@ def test_disable_adapter_gives_exactly_the_base_output(method):
         base_output = logits(base, batch)
     model = get_peft_model(base, method_config(method, identity=False))
     with torch.no_grad():
-        model.base_model.model.cls_decoder.modules_to_save["default"].out_layer.bias.add_(1.0)
+        model.base_model.model.classifier.modules_to_save["default"].out_layer.bias.add_(1.0)
         adapted = logits(model, batch)
         with model.disable_adapter():
             disabled = logits(model, batch)

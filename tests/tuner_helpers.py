@@ -98,7 +98,7 @@ def adapter_parameter_count(method: str, hidden: int, num_layers: int) -> int:
 
 
 def head_parameter_count(hidden: int, num_labels: int, num_cls_layers: int = NUM_CLS_LAYERS) -> int:
-    """`cls_decoder`: (n-1) x [Linear(d, d), LayerNorm(d)], then Linear(d, num_labels)."""
+    """`classifier`: (n-1) x [Linear(d, d), LayerNorm(d)], then Linear(d, num_labels)."""
     return (num_cls_layers - 1) * (hidden * hidden + hidden + 2 * hidden) + hidden * num_labels + num_labels
 
 

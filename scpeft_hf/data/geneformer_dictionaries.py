@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 DictionaryKind = Literal["token", "median", "gene_name_id"]
 _VALUE_TYPES: dict[str, tuple[type, ...]] = {"token": (int,), "median": (int, float), "gene_name_id": (str,)}
 _NUMERIC_DTYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
@@ -58,7 +60,7 @@ def safe_load_pickle(path: str | os.PathLike) -> object:
     try:
         return _PlainUnpickler(io.BytesIO(Path(path).read_bytes())).load()
     except (pickle.UnpicklingError, AttributeError, EOFError, TypeError, ValueError) as err:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a plain-data pickle ({err}); Geneformer dictionaries hold only str keys and "
             f"int/float/str values. Convert a trusted file to JSON yourself and pass the .json instead"
         ) from None
@@ -78,7 +80,7 @@ def load_dictionary(source: str | os.PathLike | Mapping, kind: DictionaryKind) -
     else:
         data = safe_load_pickle(source)
     if not isinstance(data, Mapping):
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} holds a {type(data).__name__}, not a dict as Geneformer's {kind} dictionary"
         )
     allowed = _VALUE_TYPES[kind]
@@ -86,7 +88,7 @@ def load_dictionary(source: str | os.PathLike | Mapping, kind: DictionaryKind) -
     for key, value in data.items():
         value = value.item() if isinstance(value, np.generic) else value
         if not isinstance(key, str) or not isinstance(value, allowed) or isinstance(value, bool):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} has entry {key!r}: {value!r} ({type(value).__name__}); a {kind} dictionary maps str to "
                 f"{' or '.join(t.__name__ for t in allowed)}"
             )

@@ -34,6 +34,7 @@ import torch
 from anndata import AnnData
 from datasets.table import InMemoryTable
 
+from ..errors import InvalidInputError, MissingFileError
 from .geneformer_dictionaries import load_dictionary
 from .processor import ScGPTProcessor, _select_columns
 from .streaming import expression_matrix, iter_csr_chunks
@@ -99,18 +100,18 @@ class GeneformerProcessor:
             else None
         )
         if input_kind not in ("counts", "auto"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"input_kind={input_kind!r}: Geneformer ranks raw counts; pass the raw counts "
                 f"(layer='counts' or adata.raw.to_adata()) with input_kind='counts'"
             )
         if pad_token not in self.token_dictionary:
-            raise ValueError(
+            raise InvalidInputError(
                 f"token dictionary has no {pad_token!r} token; Geneformer's dictionaries have '<pad>'"
             )
         if special_tokens is None:
             special_tokens = cls_token in self.token_dictionary and eos_token in self.token_dictionary
         if special_tokens and not {cls_token, eos_token} <= self.token_dictionary.keys():
-            raise ValueError(
+            raise InvalidInputError(
                 f"special_tokens=True needs {cls_token!r} and {eos_token!r} in the token dictionary (V2); "
                 f"V1 dictionaries have neither: pass special_tokens=False"
             )
@@ -119,9 +120,9 @@ class GeneformerProcessor:
             int(max_length) if max_length is not None else (4096 if self.special_tokens else 2048)
         )
         if self.max_length < 1 + 2 * self.special_tokens:
-            raise ValueError(f"max_length={self.max_length} leaves no room for genes")
+            raise InvalidInputError(f"max_length={self.max_length} leaves no room for genes")
         if target_sum <= 0:
-            raise ValueError(f"target_sum={target_sum} must be positive (Geneformer uses 10,000)")
+            raise InvalidInputError(f"target_sum={target_sum} must be positive (Geneformer uses 10,000)")
         self.target_sum = float(target_sum)
         self.input_kind = "counts"
         self.gene_column = gene_column
@@ -130,13 +131,13 @@ class GeneformerProcessor:
         self.chunk_size = chunk_size
         genes = [key for key in self.token_dictionary if key in self.gene_median_dictionary]
         if not genes:
-            raise ValueError(
+            raise InvalidInputError(
                 "the token and gene median dictionaries share no gene; they must come from the same release"
             )
         self._gene_tokens = pd.Series({gene: self.token_dictionary[gene] for gene in genes}, dtype=np.int64)
         self._gene_medians = np.array([self.gene_median_dictionary[gene] for gene in genes], dtype=np.float64)
         if (self._gene_medians <= 0).any():
-            raise ValueError(
+            raise InvalidInputError(
                 "gene median dictionary has non-positive medians; medians are divisors and must be > 0"
             )
         self._median_of_token = pd.Series(self._gene_medians, index=self._gene_tokens.to_numpy())
@@ -203,9 +204,7 @@ class GeneformerProcessor:
         """
         directory = Path(pretrained_path)
         if not directory.is_dir():
-            raise FileNotFoundError(
-                f"{directory} is not a folder; pass the folder given to save_pretrained()"
-            )
+            raise MissingFileError(f"{directory} is not a folder; pass the folder given to save_pretrained()")
         config_path = directory / PROCESSOR_CONFIG_NAME
         if config_path.is_file():
             settings = json.loads(config_path.read_text())
@@ -219,14 +218,14 @@ class GeneformerProcessor:
             )
         model_config_path = directory / MODEL_CONFIG_NAME
         if not model_config_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory} has neither {PROCESSOR_CONFIG_NAME} nor a model {MODEL_CONFIG_NAME}; save a "
                 f"processor there with save_pretrained()"
             )
         files = {kind: _find_dictionary(directory, kind) for kind in DICTIONARY_PATTERNS}
         for kind in ("token", "median"):
             if files[kind] is None:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{directory} has no {DICTIONARY_PATTERNS[kind]}.pkl/.json; copy Geneformer's dictionaries "
                     f"into the model folder, or build the processor with GeneformerProcessor(token_dictionary=..., "
                     f"gene_median_dictionary=...) and save_pretrained() it there"
@@ -244,7 +243,7 @@ class GeneformerProcessor:
     def check_vocab_size(self, vocab_size: int | None, where: str | os.PathLike = "the model") -> None:
         """Raise unless a model with `vocab_size` embedding rows fits this token dictionary."""
         if vocab_size is not None and vocab_size != self.vocab_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} has vocab_size {vocab_size:,} but the token dictionary has {self.vocab_size:,} tokens; "
                 f"use the dictionary the checkpoint was trained with (V1-10M: 25,426 tokens, V2: 20,275)"
             )
@@ -294,14 +293,14 @@ class GeneformerProcessor:
         if n_matched == 0:
             looks_ensembl = names.str.match(ENSEMBL_ID).any()
             if not looks_ensembl and table is None:
-                raise ValueError(
+                raise InvalidInputError(
                     f"AnnData's genes in {where} are not Ensembl IDs (e.g. {', '.join(names[:3])}) and no "
                     f"symbol → Ensembl table was given; Geneformer's dictionaries are keyed by Ensembl ID. Pass "
                     f"gene_table=<Geneformer's gene_name_id_dict.pkl, a {{symbol: ensembl_id}} dict or a "
                     f"two-column table>, or gene_column=<the var column holding Ensembl IDs> "
                     f"(var columns: {list(adata.var.columns)})"
                 )
-            raise ValueError(
+            raise InvalidInputError(
                 f"AnnData has 0 of its {len(names):,} genes ({where}, e.g. {', '.join(names[:3])}) in Geneformer's "
                 f"token and median dictionaries ({len(self._gene_tokens):,} genes, e.g. "
                 f"{', '.join(self._gene_tokens.index[:3])}); check the species and the ID column"
@@ -325,7 +324,9 @@ class GeneformerProcessor:
         only, V1: empty) with a warning. Nothing is changed when the input is rejected.
         """
         if adata.isbacked:
-            raise ValueError("this AnnData is backed on disk; load it into memory (adata.to_memory()) first")
+            raise InvalidInputError(
+                "this AnnData is backed on disk; load it into memory (adata.to_memory()) first"
+            )
         label_names, labels = self._labels(adata, label_key)
         matrix = expression_matrix(adata, layer)
         matrix = sp.csr_matrix(matrix) if not sp.issparse(matrix) or matrix.format != "csr" else matrix
@@ -435,7 +436,9 @@ def _n_counts(adata: AnnData, matrix: sp.csr_matrix) -> np.ndarray:
     if "n_counts" in adata.obs.columns:
         n_counts = adata.obs["n_counts"].to_numpy(dtype=np.float64)
         if not np.isfinite(n_counts).all() or (n_counts < 0).any():
-            raise ValueError('obs["n_counts"] has negative or non-finite totals; fix or delete the column')
+            raise InvalidInputError(
+                'obs["n_counts"] has negative or non-finite totals; fix or delete the column'
+            )
         return n_counts
     return np.asarray(matrix.sum(axis=1, dtype=np.float64)).ravel()
 
@@ -444,9 +447,9 @@ def _check_counts(stored: np.ndarray, where: str) -> None:
     if not len(stored):
         return
     if not (np.isfinite(stored.max()) and stored.min() >= 0):
-        raise ValueError(f"{where} have negative or non-finite values; Geneformer ranks raw counts")
+        raise InvalidInputError(f"{where} have negative or non-finite values; Geneformer ranks raw counts")
     if not np.array_equal(stored, np.rint(stored)):
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} hold non-integer values (e.g. {stored[stored != np.rint(stored)][0]:.4g}); Geneformer ranks "
             f"raw counts: give them (layer='counts' or adata.raw.to_adata())"
         )
@@ -468,7 +471,7 @@ def _find_dictionary(directory: Path, kind: str) -> Path | None:
         if path.suffix in (".pkl", ".pickle", ".json")
     )
     if len(found) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{directory} has several {DICTIONARY_PATTERNS[kind]} files ({', '.join(p.name for p in found)}); "
             f"keep only the one that matches the model"
         )
@@ -503,7 +506,7 @@ class GeneformerDataCollator:
         cells = [np.asarray(row["input_ids"], dtype=np.int64) for row in features]
         lengths = np.array([len(cell) for cell in cells])
         if lengths.max(initial=0) > self.max_length:
-            raise ValueError(
+            raise InvalidInputError(
                 f"a cell has {lengths.max()} tokens but max_length is {self.max_length}; tokenize with the "
                 f"processor of this model"
             )

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from datasets.table import InMemoryTable
 
+from ..errors import InvalidInputError, MissingFileError, MissingKeyError
 from .binning import MAX_CHUNK_ROWS, TieRule, bin_csr_counts, bin_csr_values
 from .streaming import atomic_arrow_writer, expression_matrix, file_fingerprint, iter_csr_chunks
 from .vocab import GeneMatch, GeneVocab, gene_names
@@ -102,18 +103,22 @@ class ScGPTProcessor:
         chunk_size: int = 1024,
     ):
         if input_kind not in ("counts", "log1p", "auto"):
-            raise ValueError(f"input_kind={input_kind!r}; use 'counts', 'log1p' or 'auto'")
+            raise InvalidInputError(f"input_kind={input_kind!r}; use 'counts', 'log1p' or 'auto'")
         if ties not in ("deterministic", "random"):
-            raise ValueError(f"ties={ties!r}; use 'deterministic' or 'random' (the official tie-breaking)")
+            raise InvalidInputError(
+                f"ties={ties!r}; use 'deterministic' or 'random' (the official tie-breaking)"
+            )
         if not 3 <= n_bins <= np.iinfo(np.int16).max:
-            raise ValueError(f"n_bins={n_bins} must be between 3 and 32767 (scGPT uses 51)")
+            raise InvalidInputError(f"n_bins={n_bins} must be between 3 and 32767 (scGPT uses 51)")
         if max_length < 2:
-            raise ValueError(f"max_length={max_length} leaves no room for genes after <cls>")
+            raise InvalidInputError(f"max_length={max_length} leaves no room for genes after <cls>")
         for name, value in (("cls_value", cls_value), ("pad_value", pad_value), ("mask_value", mask_value)):
             if value != int(value) or abs(value) > np.iinfo(np.int16).max:
-                raise ValueError(f"{name}={value} must be a small integer, as bins are stored as int16")
+                raise InvalidInputError(
+                    f"{name}={value} must be a small integer, as bins are stored as int16"
+                )
         if not 1 <= chunk_size <= MAX_CHUNK_ROWS:
-            raise ValueError(f"chunk_size={chunk_size} must be between 1 and {MAX_CHUNK_ROWS}")
+            raise InvalidInputError(f"chunk_size={chunk_size} must be between 1 and {MAX_CHUNK_ROWS}")
         self.vocab = vocab
         self.input_kind = input_kind
         self.normalize_total = normalize_total
@@ -180,11 +185,9 @@ class ScGPTProcessor:
         """
         directory = Path(pretrained_path)
         if not directory.is_dir():
-            raise FileNotFoundError(
-                f"{directory} is not a folder; pass the folder given to save_pretrained()"
-            )
+            raise MissingFileError(f"{directory} is not a folder; pass the folder given to save_pretrained()")
         if not (directory / VOCAB_NAME).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory} has no {VOCAB_NAME}; save the processor or convert the model there"
             )
         config_path = directory / PROCESSOR_CONFIG_NAME
@@ -195,7 +198,7 @@ class ScGPTProcessor:
             special = {key: settings.pop(key) for key in ("pad_token", "cls_token") if key in settings}
             return cls(GeneVocab.from_file(directory / VOCAB_NAME, **special), **{**settings, **kwargs})
         if not model_config_path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{directory} has neither {PROCESSOR_CONFIG_NAME} nor a model {MODEL_CONFIG_NAME}; "
                 f"save a processor there with save_pretrained() or convert an scGPT checkpoint into it"
             )
@@ -203,7 +206,7 @@ class ScGPTProcessor:
         vocab = GeneVocab.from_file(directory / VOCAB_NAME)
         for key, vocab_id in (("pad_token_id", vocab.pad_token_id), ("cls_token_id", vocab.cls_token_id)):
             if model_config.get(key, vocab_id) != vocab_id:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{model_config_path} has {key}={model_config[key]} but {VOCAB_NAME} gives id {vocab_id}; "
                     f"the two files come from different models"
                 )
@@ -259,7 +262,9 @@ class ScGPTProcessor:
         Nothing is changed (neither the AnnData nor this processor) when the input is rejected.
         """
         if adata.isbacked:
-            raise ValueError("this AnnData is backed on disk; use processor.tokenize_h5ad(path) to stream it")
+            raise InvalidInputError(
+                "this AnnData is backed on disk; use processor.tokenize_h5ad(path) to stream it"
+            )
         label_names, labels = self._labels(adata, label_key)
         matrix = expression_matrix(adata, layer)
         if sp.issparse(matrix) and matrix.format != "csr":
@@ -328,14 +333,14 @@ class ScGPTProcessor:
         if label_key is None:
             return None, None
         if label_key not in adata.obs.columns:
-            raise KeyError(
+            raise MissingKeyError(
                 f"label_key={label_key!r} is not an obs column; obs columns are {list(adata.obs.columns)} "
                 f"(label_key=None tokenizes without labels)"
             )
         labels = adata.obs[label_key]
         missing = labels.isna().to_numpy()
         if missing.any():
-            raise ValueError(
+            raise InvalidInputError(
                 f"obs[{label_key!r}] has {missing.sum()} cells without a label (e.g. {list(adata.obs_names[missing][:3])}); "
                 f"drop them first: adata = adata[adata.obs[{label_key!r}].notna()].copy()"
             )
@@ -349,7 +354,7 @@ class ScGPTProcessor:
         labels = labels.astype(str).to_numpy()
         unknown = sorted(set(labels) - set(label_names))
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"obs[{label_key!r}] has labels this processor was not fitted with: {unknown[:10]} "
                 f"(known: {label_names}); drop those cells, or build a new processor (label_names=None) to refit"
             )
@@ -366,7 +371,7 @@ class ScGPTProcessor:
                 if not finite.all()
                 else f"negative values (min {stored.min():.3g})"
             )
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} has {problem}; scGPT bins non-negative expression: pass raw counts or "
                 f"log1p-normalised data (not scaled or centred data such as the output of sc.pp.scale), "
                 f"and fill or drop non-finite entries"
@@ -382,9 +387,9 @@ class ScGPTProcessor:
                 if stored.max() < 30
                 else "it looks normalised (non-integer values)"
             )
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} holds non-integer values (e.g. {fractional[0]:.4g}) but input_kind='counts'; {hint}. "
-                f"Pass input_kind='log1p' for log-normalised data, or give the raw counts (layer='counts' "
+                f"Pass input_kind='log1p' (--input log1p) for log-normalised data, or give the raw counts (layer='counts' "
                 f"or adata.raw.to_adata())"
             )
         if self.input_kind == "log1p" and is_integer and len(stored):
@@ -409,7 +414,7 @@ class ScGPTProcessor:
         hvg_genes = self.hvg_genes
         if hvg_genes is None and self.n_top_genes is not None:
             if matrix is None:
-                raise ValueError(
+                raise InvalidInputError(
                     "highly variable genes must be chosen on an in-memory AnnData before streaming: call "
                     "processor(adata_in_memory) once (or set hvg_genes=[...]), then tokenize_h5ad()"
                 )
@@ -470,7 +475,7 @@ class ScGPTProcessor:
             where = f"cells {start}..{start + chunk.shape[0] - 1} of {source}"
             chunk_kind = self._input_kind(chunk.data, where)
             if input_kind is not None and chunk_kind != input_kind:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{where} look like {chunk_kind} but earlier cells like {input_kind}; "
                     f"pass input_kind='counts' or 'log1p' to say which they hold"
                 )
@@ -519,7 +524,7 @@ class ScGPTProcessor:
         offsets = np.zeros(n_cells + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         if offsets[-1] > np.iinfo(np.int32).max:
-            raise ValueError(f"chunk of {n_cells} cells has {offsets[-1]} tokens; lower chunk_size")
+            raise InvalidInputError(f"chunk of {n_cells} cells has {offsets[-1]} tokens; lower chunk_size")
         offsets = pa.array(offsets.astype(np.int32))
         gene_slots = np.ones(len(token_ids) + n_cells, dtype=bool)
         gene_slots[offsets.to_numpy()[:-1]] = False

@@ -14,15 +14,19 @@ import pyarrow as pa
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ..errors import InvalidInputError, MissingKeyError
+
 
 def expression_matrix(adata: AnnData, layer: str | None = None):
     """`adata.X` or `adata.layers[layer]` (possibly backed on disk), with a clear error for a missing layer."""
     if layer is None:
         if adata.X is None:
-            raise ValueError("AnnData has no X; pass layer=<name of the layer holding the expression values>")
+            raise InvalidInputError(
+                "AnnData has no X; pass layer=<name of the layer holding the expression values>"
+            )
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(
+        raise MissingKeyError(
             f"AnnData has no layer {layer!r}; its layers are {list(adata.layers)} (layer=None uses X)"
         )
     return adata.layers[layer]
@@ -35,7 +39,7 @@ def iter_csr_chunks(matrix, chunk_size: int) -> Iterator[tuple[int, sp.csr_matri
     of an in-memory float32 CSR matrix that is already canonical are views into it, not copies.
     """
     if sp.issparse(matrix) and matrix.format == "csc":
-        raise ValueError(
+        raise InvalidInputError(
             "the expression matrix is CSC, which cannot be read row by row; convert it first "
             "(adata.X = adata.X.tocsr()), or write the .h5ad with a CSR matrix for streaming"
         )

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ..errors import InvalidInputError, MissingKeyError
+
 ENSEMBL_ID = re.compile(r"^(ENS[A-Z]*[GTP]\d{6,})(\.\d+)?(_PAR_Y)?$")
 MATCH_KINDS = ("exact", "ensembl_version", "gene_table", "case_insensitive")
 
@@ -100,10 +102,12 @@ class GeneVocab:
     def __init__(self, token_to_id: Mapping[str, int], pad_token: str = "<pad>", cls_token: str = "<cls>"):
         ids = np.fromiter(token_to_id.values(), dtype=np.int64, count=len(token_to_id))
         if len(np.unique(ids)) != len(ids):
-            raise ValueError("vocabulary maps several tokens to the same id; every token needs its own id")
+            raise InvalidInputError(
+                "vocabulary maps several tokens to the same id; every token needs its own id"
+            )
         for special in (pad_token, cls_token):
             if special not in token_to_id:
-                raise ValueError(
+                raise InvalidInputError(
                     f"vocabulary has no {special!r} token; scGPT vocab.json files carry '<pad>', '<cls>' and "
                     f"'<eoc>': add them (after the last gene id) or name yours with pad_token=/cls_token="
                 )
@@ -117,7 +121,7 @@ class GeneVocab:
         with open(path) as handle:
             token_to_id = json.load(handle)
         if not isinstance(token_to_id, dict):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} is not a flat JSON object {{symbol: id}} as scGPT's vocab.json files are"
             )
         return cls(token_to_id, **kwargs)
@@ -137,7 +141,7 @@ class GeneVocab:
         try:
             return self.token_to_id[token]
         except KeyError:
-            raise KeyError(
+            raise MissingKeyError(
                 f"{token!r} is not in the vocabulary ({len(self):,} tokens); use GeneVocab.match() to map "
                 f"an AnnData's genes with fallbacks"
             ) from None
@@ -205,7 +209,7 @@ class GeneVocab:
         if result.n_matched == 0:
             where = f"var[{gene_column!r}]" if gene_column else "the var index"
             columns = [str(column) for column in adata.var.columns]
-            raise ValueError(
+            raise InvalidInputError(
                 f"AnnData has 0 of its {len(names):,} genes ({where}, e.g. {', '.join(map(str, names[:3]))}) in "
                 f"the vocabulary ({len(self):,} tokens, e.g. {', '.join(list(self.token_to_id)[:3])}); "
                 f"pass gene_column=<the var column holding gene symbols> (var columns: {columns}), or map "
@@ -242,7 +246,7 @@ def gene_names(adata: AnnData, gene_column: str | None = None) -> np.ndarray:
     elif gene_column in adata.var.columns:
         names = adata.var[gene_column].to_numpy()
     else:
-        raise KeyError(
+        raise MissingKeyError(
             f"gene_column={gene_column!r} is not a var column; var columns are {list(adata.var.columns)} "
             f"(leave gene_column=None to use the var index)"
         )
@@ -251,7 +255,7 @@ def gene_names(adata: AnnData, gene_column: str | None = None) -> np.ndarray:
     duplicated = unique[counts > 1]
     if len(duplicated):
         where = f"var[{gene_column!r}]" if gene_column else "the var index"
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} has {len(duplicated)} duplicated gene names (e.g. {', '.join(map(repr, duplicated[:5]))}); "
             f"each gene needs one name: call adata.var_names_make_unique() or aggregate the duplicates first"
         )
@@ -263,7 +267,7 @@ def read_gene_table(table: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     if not isinstance(table, pd.DataFrame):
         table = pd.read_csv(table, sep=None, engine="python", dtype=str)
     if table.shape[1] != 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"gene_table needs exactly two columns (symbol and Ensembl ID), got {list(table.columns)}; "
             f"select them first, e.g. table[['gene_id', 'gene_name']]"
         )

@@ -24,6 +24,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
@@ -36,10 +37,10 @@ from .backbones import (
 )
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, PEFT_METHODS, parse_adapter_layers, prepare_model
+from .methods import METHODS, PEFT_METHODS, load_peft_adapter, parse_adapter_layers, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
-from .splits import balanced_class_weights, make_splits
+from .splits import balanced_class_weights, check_training_classes, make_splits
 from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
@@ -102,17 +103,19 @@ class AnnotationTrainer(Trainer):
 
 
 def check_labels(adata: ad.AnnData, label_key: str) -> None:
+    if adata.n_obs == 0:
+        raise InvalidInputError("The AnnData has 0 cells; annotation needs cells of at least two cell types")
     if label_key not in adata.obs:
-        raise KeyError(
+        raise MissingKeyError(
             f"Label column '{label_key}' is not in adata.obs; available columns: {', '.join(map(str, adata.obs))}"
         )
     labels = adata.obs[label_key]
     if labels.isna().any():
-        raise ValueError(
+        raise InvalidInputError(
             f"Label column '{label_key}' has {int(labels.isna().sum())} missing values; drop those cells"
         )
     if labels.astype(str).nunique() < 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"Label column '{label_key}' has a single class ({labels.astype(str).iloc[0]!r}); annotation needs "
             "at least two cell types"
         )
@@ -126,7 +129,7 @@ def _shared_staging_dir(out_dir: Path, overwrite: bool, state: PartialState) -> 
         try:
             check_out_dir(out_dir, overwrite)
             shared[0] = make_staging_dir(out_dir)
-        except OSError as err:  # FileExistsError included
+        except (OSError, ScpeftUserError) as err:  # refused output folders included
             shared[1] = err
     if state.num_processes > 1:
         broadcast_object_list(shared)
@@ -154,13 +157,13 @@ def train_annotation(
     """
     settings = settings or TrainingSettings()
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     knob_arguments = trainer_arguments(
         settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
     )
     check_labels(adata, label_key)
     if split_key is not None and split_key not in adata.obs:
-        raise KeyError(f"Split column '{split_key}' is not in adata.obs")
+        raise MissingKeyError(f"Split column '{split_key}' is not in adata.obs")
     base_dir = resolve_base(base)
     num_layers = AutoConfig.from_pretrained(base_dir).num_hidden_layers
     layers = parse_adapter_layers(settings.adapter_layers, num_layers, method)
@@ -176,6 +179,7 @@ def train_annotation(
     datasets = {name: processor(adata[index], label_key=label_key) for name, index in splits.items()}
     train_labels = np.asarray(datasets["train"]["labels"])
     label_names = list(processor.label_names)
+    check_training_classes(train_labels, label_names)
 
     out_dir = Path(out_dir)
     # Under `torchrun` / `accelerate launch` this joins the process group (gloo on CPU, nccl on GPU).
@@ -293,7 +297,7 @@ def train_annotation(
         (staging / "README.md").write_text(render_adapter_card(staging, adapter_ref=str(out_dir)))
         plot_confusion_matrix(test_labels, predictions, label_names, staging / "confusion_matrix.png")
         plot_umap(cell_embeddings, label_names, test_labels, predictions, staging / "umap.png")
-        publish(staging, out_dir)
+        publish(staging, out_dir, command="train")
     except BaseException:
         if state.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
@@ -343,7 +347,7 @@ def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annot
     adapter_dir = resolve_adapter(adapter)
     info_path = adapter_dir / RUN_INFO
     if not info_path.is_file():
-        raise FileNotFoundError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
+        raise MissingFileError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
     run_info = json.loads(info_path.read_text())
     processor = load_processor(adapter_dir)
     if run_info["method"] in PEFT_METHODS:
@@ -356,12 +360,12 @@ def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annot
         )
         fingerprint = backbone_fingerprint(model)
         if fingerprint != run_info["base_model_fingerprint"]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The adapter in {adapter_dir} was trained on a base model with fingerprint "
                 f"{run_info['base_model_fingerprint']}, but {base_dir} has {fingerprint}. Pass --base with the "
                 "model the adapter was trained on."
             )
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = load_peft_adapter(model, adapter_dir)
     else:
         model = load_classifier(adapter_dir, processor)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

@@ -12,14 +12,22 @@ from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
+from ..errors import InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
+from ..models.scgpt import ScGPTForCellClassification
 
-DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-demo"
+DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "scgpt-offline-v1"
 # How run_info.json names the embedded backbone, so an adapter trained on it loads in any installation.
-DEMO_BACKBONE_NAME = "scpeft-hf/scgpt-demo"
+DEMO_BACKBONE_NAME = "scpeft-hf/scgpt-offline-v1"
+# Embedded backbones that earlier releases shipped: their adapters get an error that names them.
+RETIRED_BACKBONES = {
+    "scpeft-hf/scgpt-demo": "the 765-gene PBMC demonstration backbone of scpeft-hf 0.1.0, which no longer ships "
+    "(replaced by scpeft-hf/scgpt-offline-v1)"
+}
 PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": GeneformerProcessor}
 PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
 
@@ -28,6 +36,11 @@ Processor = ScGPTProcessor | GeneformerProcessor
 
 def resolve_base(base: str | Path | None) -> Path:
     """A base model folder: `base` itself, or the embedded demo backbone when None or `DEMO_BACKBONE_NAME`."""
+    if str(base) in RETIRED_BACKBONES:
+        raise InvalidInputError(
+            f"the adapter was trained on {base}, {RETIRED_BACKBONES[str(base)]}; retrain it with this version "
+            f"(default base {DEMO_BACKBONE_NAME}), or use scpeft-hf 0.1.0 to load it"
+        )
     folder = DEMO_BACKBONE if base is None or str(base) == DEMO_BACKBONE_NAME else Path(base)
     if not (folder / "config.json").is_file():
         hint = (
@@ -35,7 +48,7 @@ def resolve_base(base: str | Path | None) -> Path:
             if folder == DEMO_BACKBONE
             else "pass a folder written by `scpeft-hf convert` or save_pretrained(), or a Geneformer model folder"
         )
-        raise FileNotFoundError(f"{folder} has no config.json: {hint}")
+        raise MissingFileError(f"{folder} has no config.json: {hint}")
     return folder
 
 
@@ -63,14 +76,14 @@ def processor_class(folder: str | Path) -> type[Processor]:
     if processor_config.is_file():
         name = json.loads(processor_config.read_text()).get("processor_class", "ScGPTProcessor")
         if name not in PROCESSORS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{processor_config} names processor_class {name!r}; known: {', '.join(PROCESSORS)}"
             )
         return PROCESSORS[name]
     model_config = folder / "config.json"
     model_type = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else "scgpt"
     if model_type not in PROCESSOR_BY_MODEL_TYPE:
-        raise ValueError(
+        raise InvalidInputError(
             f"{model_config} has model_type {model_type!r}; scpeft-hf runs {', '.join(PROCESSOR_BY_MODEL_TYPE)} "
             f"(bert = Geneformer)"
         )
@@ -100,7 +113,21 @@ def load_classifier(folder: str | Path, processor: Processor, **config_overrides
             **_geneformer_pooling(processor),
             **config_overrides,
         )
-    return AutoModelForSequenceClassification.from_pretrained(folder, **config_overrides)
+    legacy = _legacy_head_mapping(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, key_mapping=legacy, **config_overrides)
+    if legacy:  # saving again writes the current names, not the ones the folder was loaded from
+        model._weight_conversions = None
+    return _check_vocab_fits(model, processor, folder)
+
+
+def _legacy_head_mapping(folder: str | Path) -> dict[str, str] | None:
+    """The renaming of an older release's head (`cls_decoder.*`) when the folder's weights still use it."""
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    with safe_open(weights, "pt") as handle:
+        legacy = any(key.startswith("cls_decoder.") for key in handle.keys())
+    return ScGPTForCellClassification._checkpoint_conversion_mapping if legacy else None
 
 
 def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
@@ -109,7 +136,30 @@ def load_backbone(folder: str | Path, processor: Processor) -> PreTrainedModel:
         return load_geneformer(
             folder, "embedding", dictionary_size=processor.vocab_size, **_geneformer_pooling(processor)
         )
-    return AutoModel.from_pretrained(folder)
+    return _check_vocab_fits(AutoModel.from_pretrained(folder), processor, folder)
+
+
+def _check_vocab_fits(
+    model: PreTrainedModel, processor: ScGPTProcessor, folder: str | Path
+) -> PreTrainedModel:
+    """The processor's vocab must fit the model: its size and special-token ids must be the config's (a larger
+    vocab gives token ids past the gene embedding, a shifted one sends genes to other genes' embeddings)."""
+    vocab, config = processor.vocab, model.config
+    mismatch = [
+        f"{name} {ours} vs {theirs}"
+        for name, ours, theirs in (
+            ("size", len(vocab), config.vocab_size),
+            ("<pad> id", vocab.pad_token_id, config.pad_token_id),
+            ("<cls> id", vocab.cls_token_id, config.cls_token_id),
+        )
+        if ours != theirs
+    ]
+    if mismatch:
+        raise InvalidInputError(
+            f"The gene vocabulary does not match the model in {folder} ({', '.join(mismatch)} in config.json): "
+            "use the vocab.json saved with this model (or the adapter trained on it)"
+        )
+    return model
 
 
 def _geneformer_pooling(processor: GeneformerProcessor) -> dict:

@@ -4,6 +4,7 @@ full fine-tuning and a logistic-regression baseline on the same split."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import numpy as np
 import scanpy as sc
 from sklearn.linear_model import LogisticRegression
 
+from ..output_folders import check_out_dir, make_staging_dir, publish
 from .annotation import TrainingSettings, train_annotation
+from .card import render_adapter_card
 from .metrics import classification_metrics
 from .pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
@@ -55,10 +58,28 @@ def format_table(rows: dict[str, dict]) -> str:
 
 
 def run_demo(
-    out_dir: str | Path = "scpeft-demo", epochs: int | None = None, seed: int = 0
+    out_dir: str | Path = "scpeft-demo", epochs: int | None = None, seed: int = 0, overwrite: bool = False
 ) -> dict[str, dict]:
-    """Train the three model variants and the baseline; print and save the comparison table."""
+    """Train the three model variants and the baseline; print and save the comparison table.
+
+    `out_dir` must be new or empty, or (with `overwrite`) a folder an earlier run wrote; it appears when
+    every method has finished.
+    """
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite)
+    staging = make_staging_dir(out_dir)
+    try:
+        rows = _compare_methods(staging, out_dir, epochs, seed)
+        publish(staging, out_dir, command="demo")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"\nOutputs in {out_dir}/ (adapter, card, metrics and plots of each method in its own folder)")
+    return rows
+
+
+def _compare_methods(staging: Path, out_dir: Path, epochs: int | None, seed: int) -> dict[str, dict]:
+    """Train every method into `staging`; the cards name the folders as they will be in `out_dir`."""
     adata = demo_data()
     n_test = int((adata.obs[DEMO_SPLIT_KEY] == "test").sum())
     print(
@@ -72,16 +93,16 @@ def run_demo(
             adata,
             DEMO_LABEL_KEY,
             method=method,
-            out_dir=out_dir / method,
+            out_dir=staging / method,
             split_key=DEMO_SPLIT_KEY,
             settings=TrainingSettings(epochs=epochs or budget, seed=seed, early_stopping_patience=5),
-            overwrite=True,
         )
+        card = render_adapter_card(result.out_dir, adapter_ref=str(out_dir / method))
+        (result.out_dir / "README.md").write_text(card)
         rows[f"{method} ({'adapter' if method == 'encoder' else method})"] = result.metrics
     rows["logistic regression (log1p expression)"] = logistic_regression_baseline(adata, seed)
     table = format_table(rows)
     print("\n" + table)
-    (out_dir / "comparison.md").write_text(table + "\n")
-    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nOutputs in {out_dir}/ (adapter, card, metrics and plots of each method in its own folder)")
+    (staging / "comparison.md").write_text(table + "\n")
+    (staging / "comparison.json").write_text(json.dumps(rows, indent=2))
     return rows

@@ -31,6 +31,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from ..data.geneformer_processor import GENE_NAME_ID_NAME, MEDIAN_DICTIONARY_NAME, TOKEN_DICTIONARY_NAME
 from ..data.processor import PROCESSOR_CONFIG_NAME, VOCAB_NAME
+from ..errors import HubAccessError, HubConnectionError, InvalidInputError, MissingFileError
 from .annotation import METRICS, RUN_INFO
 from .backbones import is_hub_repo_id, load_processor
 from .card import render_adapter_card
@@ -78,7 +79,7 @@ def push_adapter(
     card = render_adapter_card(folder, adapter_ref=repo_id)
     token = token or get_token()
     if token is None:
-        raise PermissionError(
+        raise HubAccessError(
             "No Hugging Face token: pass --token (token=...), set HF_TOKEN, or log in with `hf auth login`"
         )
     contents = {name: (folder / name).read_bytes() for name in names}
@@ -89,7 +90,9 @@ def push_adapter(
         try:
             ModelCard(card).validate(repo_type="model")
         except ValueError as err:
-            raise ValueError(f"The Hub at {api.endpoint} rejected the model card's metadata: {err}") from err
+            raise InvalidInputError(
+                f"The Hub at {api.endpoint} rejected the model card's metadata: {err}"
+            ) from err
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.create_commit(
             repo_id,
@@ -106,37 +109,39 @@ def shareable_files(folder: Path) -> list[str]:
     no label names, or the folder holds a whole model (`full`, `probe`) rather than an adapter.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder; pass a folder written by `scpeft-hf train`")
+        raise MissingFileError(f"{folder} is not a folder; pass a folder written by `scpeft-hf train`")
     if not (folder / RUN_INFO).is_file():
-        raise FileNotFoundError(f"{folder} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
+        raise MissingFileError(f"{folder} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
     method = json.loads((folder / RUN_INFO).read_text())["method"]
     if method not in PEFT_METHODS:
-        raise ValueError(
+        raise InvalidInputError(
             f"{folder} holds a `{method}` model: the whole network, backbone included, not an adapter. "
             f"`push` shares adapters only ({', '.join(PEFT_METHODS)}), which load on top of the unchanged base "
             "model; train one of those to share it"
         )
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder} lacks {', '.join(missing)}: not a complete adapter folder; train it again with "
             "`scpeft-hf train`"
         )
     if not load_processor(folder).label_names:
-        raise ValueError(f"{folder / PROCESSOR_CONFIG_NAME} has no label_names; train the adapter again")
+        raise InvalidInputError(
+            f"{folder / PROCESSOR_CONFIG_NAME} has no label_names; train the adapter again"
+        )
     return [*REQUIRED_FILES, *(name for name in PROCESSOR_FILES if (folder / name).is_file())]
 
 
 def check_repo_id(repo_id: str) -> None:
     namespace, _, name = repo_id.partition("/")
     if not namespace or not name:
-        raise ValueError(
+        raise InvalidInputError(
             f"Repo id {repo_id!r} has no namespace: use USER/NAME or ORG/NAME, e.g. your-username/{name or namespace}"
         )
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise ValueError(f"Repo id {repo_id!r} is not a valid Hub repo id: {err}") from err
+        raise InvalidInputError(f"Repo id {repo_id!r} is not a valid Hub repo id: {err}") from err
 
 
 def _portable_adapter_config(config: bytes, base_model: str) -> bytes:
@@ -152,7 +157,7 @@ def _hub_errors(endpoint: str, action: str) -> Iterator[None]:
     try:
         yield
     except (httpx2.TransportError, OfflineModeIsEnabled) as err:
-        raise ConnectionError(
+        raise HubConnectionError(
             f"Cannot reach the Hugging Face Hub at {endpoint} to {action} ({type(err).__name__}: {_first_line(err)}). "
             "Check the network connection, and HF_ENDPOINT if you use a mirror; no files were committed"
         ) from err
@@ -160,11 +165,11 @@ def _hub_errors(endpoint: str, action: str) -> Iterator[None]:
         status = err.response.status_code
         reason = _first_line(err)
         if status in (401, 403):
-            raise PermissionError(
+            raise HubAccessError(
                 f"The Hub at {endpoint} refused to {action} ({reason}): check that the token (--token or HF_TOKEN) "
                 "is valid and may write to that namespace; no files were committed"
             ) from err
-        raise ConnectionError(
+        raise HubConnectionError(
             f"The Hub at {endpoint} failed to {action}: {reason}; no files were committed"
         ) from err
 
@@ -183,20 +188,20 @@ def download_adapter(repo_id: str) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=list(SHARED_FILES)))
     except RepositoryNotFoundError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{repo_id} is not a local folder, and the Hub at {endpoint} has no model repo {repo_id} that this "
             "token may read (set HF_TOKEN for a private repo)"
         ) from err
     except LocalEntryNotFoundError as err:
         cause = err.__cause__ or err
-        raise ConnectionError(
+        raise HubConnectionError(
             f"{repo_id} is not a local folder, and it can neither be downloaded from the Hub at {endpoint} "
             f"({type(cause).__name__}: {_first_line(cause)}) nor found in the local cache. Check the network "
             "connection and HF_ENDPOINT, or pass a local folder"
         ) from err
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Hub repo {repo_id} lacks {', '.join(missing)}: not an adapter shared with `scpeft-hf push`"
         )
     return folder

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from peft import PeftConfig, get_peft_model
+import logging
+from pathlib import Path
+
+from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from ..errors import InvalidInputError
 from ..tuners import EncoderAdapterConfig, PrefixAdapterConfig, TokenAdapterConfig, scpeft_lora_config
-from ..tuners.targets import first_half_of_layers
+from ..tuners.targets import first_half_of_layers, upgrade_legacy_modules_to_save
+
+logger = logging.getLogger(__name__)
 
 PEFT_METHODS = ("encoder", "token", "prefix", "lora")
 # Methods whose adapters sit in encoder layers, so that `--adapter-layers` can place them.
@@ -24,7 +30,7 @@ DEFAULT_LEARNING_RATES = {
     "full": 1e-4,
 }
 # Task heads by model type, trained by `probe` (and saved next to adapters by the tuners' own defaults).
-TASK_HEADS = {"scgpt": "cls_decoder", "bert": "classifier"}
+TASK_HEADS = {"scgpt": "classifier", "bert": "classifier"}
 
 
 def parse_adapter_layers(spec: str | None, num_layers: int, method: str) -> list[int] | None:
@@ -72,7 +78,7 @@ def peft_config(method: str, model: PreTrainedModel, layers: list[int] | None = 
         return scpeft_lora_config(
             layers=layers, num_layers=model.config.num_hidden_layers, modules_to_save=[head]
         )
-    raise ValueError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
+    raise InvalidInputError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
 
 def prepare_model(
@@ -81,14 +87,46 @@ def prepare_model(
     """Make exactly the parameters of `method` trainable (its adapters on `layers`, default: the method's own).
     Returns (model, learning rate)."""
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
-        return get_peft_model(model, peft_config(method, model, layers)), learning_rate
-    if method == "probe":
+        model = get_peft_model(model, peft_config(method, model, layers))
+    elif method == "probe":
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith(head + ".")
     else:
         model.requires_grad_(True)
+    warn_if_head_untrained(model)
     return model, learning_rate
+
+
+def warn_if_head_untrained(model: PreTrainedModel | PeftModel) -> bool:
+    """Log a warning and return True when no parameter of the model's task head is trainable."""
+    head = TASK_HEADS.get(model.config.model_type)
+    if head is None or any(
+        parameter.requires_grad and f"{head}." in f".{name}" for name, parameter in model.named_parameters()
+    ):
+        return False
+    logger.warning(
+        "No parameter of the task head `%s` is trainable: it would stay at its random initialisation. Add "
+        "modules_to_save=['%s'] (or task_type='SEQ_CLS') to the adapter config.",
+        head,
+        head,
+    )
+    return True
+
+
+def load_peft_adapter(model: PreTrainedModel, adapter_dir: str | Path) -> PeftModel:
+    """`PeftModel.from_pretrained` that also loads adapters saved by older releases, whose scGPT head was named
+    `cls_decoder` (the weights are renamed by the model's `_checkpoint_conversion_mapping`, the config here)."""
+    adapter_dir = Path(adapter_dir)
+    config = PeftConfig.from_pretrained(adapter_dir)
+    config.modules_to_save = upgrade_legacy_modules_to_save(config.modules_to_save, model.config.to_dict())
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, config=config)
+    except SafetensorError as err:
+        raise InvalidInputError(
+            f"{adapter_dir / 'adapter_model.safetensors'} cannot be read ({err}); the file is damaged or "
+            "incomplete: copy or download the adapter folder again"
+        ) from err

@@ -1,23 +1,25 @@
-"""Figures written next to a trained model: a confusion matrix and a UMAP of test-cell embeddings."""
+"""Figures written next to a trained model: a confusion matrix and a UMAP of test-cell embeddings.
+
+Figures are built as `matplotlib.figure.Figure` objects, not through pyplot, so importing or calling this module
+never changes the global backend or figure state (inline plots in notebooks keep working).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import anndata as ad
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import scanpy as sc  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+import numpy as np
+import scanpy as sc
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
 
 def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: list[str], path: Path) -> None:
     """Row-normalised confusion matrix (each true class sums to 1), with every class on both axes."""
     size = max(6.0, 0.55 * len(names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axis = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(
         labels,
         predictions,
@@ -32,7 +34,6 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: li
     axis.set_title("Test cells: true vs predicted (row-normalised)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_umap(
@@ -45,6 +46,7 @@ def plot_umap(
         cells.obs[column] = cells.obs[column].astype("category")
     sc.pp.neighbors(cells, use_rep="X_scpeft", n_neighbors=min(15, max(2, cells.n_obs - 1)), random_state=0)
     sc.tl.umap(cells, random_state=0)
-    figure = sc.pl.umap(cells, color=["true", "predicted"], return_fig=True, show=False, wspace=0.6)
+    figure = Figure(figsize=(12, 5), layout="constrained")
+    for axis, column in zip(figure.subplots(1, 2), ("true", "predicted"), strict=True):
+        sc.pl.umap(cells, color=column, ax=axis, show=False)
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)

@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import pandas as pd
 
+from ..errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -49,14 +51,18 @@ def make_splits(
         split_values = split_column.astype(str).to_numpy()
         unknown = sorted(set(split_values) - set(SPLIT_NAMES))
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Split column '{split_column.name}' has values {unknown}; use only {', '.join(SPLIT_NAMES)}"
             )
         test = np.flatnonzero(split_values == "test")
         rest = np.flatnonzero(split_values == "train")
         validation = np.flatnonzero(split_values == "validation")
-        if len(test) == 0 or len(rest) == 0:
-            raise ValueError(f"Split column '{split_column.name}' needs both 'train' and 'test' rows")
+        empty = [name for name, rows in (("train", rest), ("test", test)) if len(rows) == 0]
+        if empty:
+            raise InvalidInputError(
+                f"Split column '{split_column.name}' has no '{empty[0]}' cells; mark some cells '{empty[0]}' "
+                "(it needs 'train' and 'test' cells), or leave out the split column for a seeded stratified split"
+            )
         if len(validation):
             return {"train": rest, "validation": validation, "test": test}
         logger.info("Split column '%s' has no validation rows: carving them from train", split_column.name)
@@ -64,9 +70,20 @@ def make_splits(
     return {"train": np.setdiff1d(rest, validation), "validation": validation, "test": test}
 
 
+def check_training_classes(train_labels: np.ndarray, label_names: list[str]) -> None:
+    """Every class needs training cells: a class seen only in validation or test can never be predicted."""
+    counts = np.bincount(train_labels, minlength=len(label_names))
+    empty = [label_names[index] for index in np.flatnonzero(counts == 0)]
+    if empty:
+        raise InvalidInputError(
+            f"Cell types {empty} have no training cells (all their cells are in the validation or test split); "
+            "drop those cells, or move some of them to 'train' in the split column"
+        )
+
+
 def balanced_class_weights(train_labels: np.ndarray, num_classes: int) -> list[float]:
     """`n / (k * count_c)` from the training split only; every class must have training cells."""
     counts = np.bincount(train_labels, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no training cells")
+        raise InvalidInputError(f"Classes {np.flatnonzero(counts == 0).tolist()} have no training cells")
     return (counts.sum() / (num_classes * counts)).astype(float).tolist()

@@ -20,9 +20,9 @@ from transformers.pytorch_utils import Conv1D
 
 from .targets import (
     check_model_hidden_size,
-    default_modules_to_save,
     default_target_modules,
     resolve_layers,
+    resolve_modules_to_save,
 )
 from .tuner_utils import BlockTuner, WrapsBlockMixin
 
@@ -76,8 +76,8 @@ class BottleneckAdapterConfig(PeftConfig):
         metadata={
             "help": (
                 "Modules besides the adapters that are trained and saved, typically the task head. None takes "
-                "the task head of the model's `model_type` when the model has one (`cls_decoder` for scGPT, "
-                "`classifier` for BERT/Geneformer)."
+                "the task head of the model's `model_type` when the model has one (`classifier` for scGPT "
+                "and BERT/Geneformer; older scGPT adapters naming `cls_decoder` are mapped to it)."
             )
         },
     )
@@ -330,8 +330,9 @@ class BottleneckAdapterModel(BlockTuner):
         peft_config.model_hidden_size = check_model_hidden_size(
             peft_config.model_hidden_size, model_config, self.method_name
         )
-        if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = default_modules_to_save(self.model, model_config)
+        peft_config.modules_to_save = resolve_modules_to_save(
+            peft_config.modules_to_save, self.model, model_config
+        )
         return peft_config
 
     def _create_and_replace(

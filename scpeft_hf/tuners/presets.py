@@ -28,11 +28,11 @@ def scpeft_lora_config(
     num_layers: int | None = None,
     *,
     target_modules: Sequence[str] = ("query", "value"),
-    modules_to_save: Sequence[str] | None = ("cls_decoder",),
+    modules_to_save: Sequence[str] | None = ("classifier",),
     **kwargs: Any,
 ) -> LoraConfig:
     """peft's own `LoraConfig` with scPEFT's LoRA setting: rank 8, alpha 1, on the query and value projections
-    of the first half of the layers, with the annotation head (`cls_decoder`) trained and saved.
+    of the first half of the layers, with the annotation head (`classifier`) trained and saved.
 
     Args:
         r: LoRA rank.
@@ -41,7 +41,8 @@ def scpeft_lora_config(
         num_layers: the model's layer count (`model.config.num_hidden_layers`). LoraConfig cannot read the model,
             so the first half has to be computed here.
         target_modules: projections to adapt (scGPT and BERT name them `query`, `key`, `value`).
-        modules_to_save: task head(s) to train and save; peft's SEQ_CLS task type only adds `classifier`/`score`.
+        modules_to_save: task head(s) to train and save (`classifier` is the head of scGPT and Geneformer;
+            peft's SEQ_CLS task type adds `classifier`/`score` too).
         kwargs: any other `LoraConfig` field, e.g. `lora_dropout` or `bias`.
     """
     if layers == "all":

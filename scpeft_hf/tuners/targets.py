@@ -28,11 +28,14 @@ PREFIX_ADAPTER_TARGET_MODULES: dict[str, list[str]] = {
     "scgpt": ["encoder"],
     "bert": ["encoder"],
 }
-# Task heads trained and saved next to the adapter (`modules_to_save`) when a config leaves it unset.
+# Task heads trained and saved next to the adapter (`modules_to_save`) when a config leaves it unset. They are
+# named `classifier` because peft's SEQ_CLS task type trains and saves modules of that name.
 TASK_HEAD_MODULES: dict[str, list[str]] = {
-    "scgpt": ["cls_decoder"],
+    "scgpt": ["classifier"],
     "bert": ["classifier"],
 }
+# Head names of older releases, as adapter_config.json files saved then list them: old name -> current name.
+LEGACY_TASK_HEAD_MODULES: dict[str, dict[str, str]] = {"scgpt": {"cls_decoder": "classifier"}}
 
 
 def default_target_modules(
@@ -54,6 +57,27 @@ def default_modules_to_save(model: nn.Module, model_config: Mapping[str, Any]) -
     leaf_names = {name.rpartition(".")[-1] for name, _ in model.named_modules()}
     present = [head for head in heads if head in leaf_names]
     return present or None
+
+
+def upgrade_legacy_modules_to_save(
+    modules_to_save: list[str] | None, model_config: Mapping[str, Any]
+) -> list[str] | None:
+    """`modules_to_save` with heads' old names (`cls_decoder` for scGPT) replaced by their current ones, so an
+    adapter saved by an older release trains and restores the head it saved."""
+    renames = LEGACY_TASK_HEAD_MODULES.get(model_config.get("model_type"), {})
+    if modules_to_save is None or not renames:
+        return modules_to_save
+    upgraded = [renames.get(name, name) for name in modules_to_save]
+    return list(dict.fromkeys(upgraded))
+
+
+def resolve_modules_to_save(
+    modules_to_save: list[str] | None, model: nn.Module, model_config: Mapping[str, Any]
+) -> list[str] | None:
+    """The task heads a tuner trains and saves: the config's (old head names upgraded), else the defaults."""
+    if modules_to_save is None:
+        return default_modules_to_save(model, model_config)
+    return upgrade_legacy_modules_to_save(modules_to_save, model_config)
 
 
 def first_half_of_layers(num_layers: int) -> list[int]:

@@ -21,6 +21,9 @@ from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.utils import ModelOutput
 
+from ...errors import InvalidInputError, MissingFileError
+from ..heads import warn_if_head_frozen
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -134,6 +137,8 @@ class GeneformerForCellClassification(_GeneformerBase):
         logits = self.classifier(self.dropout(last_hidden_state[:, 0, :]))
         loss = None
         if labels is not None:
+            if self.training and torch.is_grad_enabled():
+                warn_if_head_frozen(self, self.classifier)
             class_weights = getattr(self.config, "class_weights", None)
             weight = (
                 torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
@@ -151,7 +156,7 @@ def check_vocab_size(
 ) -> None:
     """Raise unless the model's embedding rows match the token dictionary one to one."""
     if config.vocab_size != dictionary_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} has vocab_size {config.vocab_size:,} but the token dictionary has {dictionary_size:,} "
             f"tokens; use the dictionary the checkpoint was trained with (V1-10M: 25,426 tokens, "
             f"V2: 20,275 tokens, token_dictionary_gc104M.pkl)"
@@ -173,13 +178,15 @@ def load_geneformer(
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; pass a Geneformer model folder")
+        raise MissingFileError(f"{folder} has no config.json; pass a Geneformer model folder")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise FileNotFoundError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
+        raise MissingFileError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
     model_class = GeneformerForCellClassification if task == "classification" else GeneformerModel
     config = BertConfig.from_pretrained(folder)
     if config.model_type != "bert":
-        raise ValueError(f"{folder} holds a {config.model_type!r} model; Geneformer folders hold 'bert'")
+        raise InvalidInputError(
+            f"{folder} holds a {config.model_type!r} model; Geneformer folders hold 'bert'"
+        )
     if dictionary_size is not None:
         check_vocab_size(config, dictionary_size, folder)
     for name, value in kwargs.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import InvalidInputError, MissingFileError
 from ...output_folders import check_out_dir, make_staging_dir, publish
 from .configuration_scgpt import ScGPTConfig
 from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
@@ -77,7 +78,7 @@ class ConversionReport:
         if self.model_class == "ScGPTForMaskedExpressionModeling":
             lines.append(
                 "The checkpoint has no cls_decoder: ScGPTForCellClassification.from_pretrained() on this folder "
-                "initialises the classification head freshly (train it, or an adapter with it)."
+                "initialises the classification head `classifier` freshly (train it, or an adapter with it)."
             )
         return "\n".join(lines)
 
@@ -87,7 +88,7 @@ def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} was refused by torch.load(weights_only=True): it contains pickled objects other than "
             "tensors, which could run code when loaded. Re-save it from a trusted environment with "
             "torch.save(model.state_dict(), path)."
@@ -99,13 +100,15 @@ def load_official_state_dict(path: Path) -> dict[str, torch.Tensor]:
     ):
         state = state["model_state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+        raise InvalidInputError(
+            f"{path} does not hold a state dict (a mapping of parameter names to tensors)"
+        )
     return state
 
 
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path.parent} has no {path.name} ({what}). An official scGPT checkpoint folder holds "
             f"{CHECKPOINT_FILE}, {ARGS_FILE} and {VOCAB_FILE}; copy the missing file from the checkpoint download."
         )
@@ -116,10 +119,10 @@ def _read_json(path: Path, what: str) -> dict:
 def _check_vocab(vocab: dict, path: Path) -> None:
     ids = sorted(vocab.values())
     if ids != list(range(len(ids))):
-        raise ValueError(f"{path}: token ids must be 0..{len(ids) - 1} without gaps or duplicates")
+        raise InvalidInputError(f"{path}: token ids must be 0..{len(ids) - 1} without gaps or duplicates")
     for special in ("<pad>", "<cls>"):
         if special not in vocab:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} has no '{special}' token; scGPT vocabularies contain <pad>, <cls> and <eoc>"
             )
 
@@ -128,14 +131,14 @@ def config_from_official(args: dict, vocab: dict, state: dict[str, torch.Tensor]
     """Build the config from `args.json`, the vocabulary, and what the state dict shows (heads present)."""
     embedding_rows = state["encoder.embedding.weight"].shape[0]
     if embedding_rows != len(vocab):
-        raise ValueError(
+        raise InvalidInputError(
             f"vocab.json has {len(vocab):,} tokens but the checkpoint's gene embedding has {embedding_rows:,} rows; "
             "the vocab.json must be the one saved with this checkpoint"
         )
     layer_ids = {int(m.group(1)) for key in state if (m := _LAYER_KEY.match(key))}
     n_layers = args.get("nlayers", len(layer_ids))
     if n_layers != len(layer_ids):
-        raise ValueError(
+        raise InvalidInputError(
             f"args.json says nlayers={n_layers} but the checkpoint has {len(layer_ids)} encoder layers"
         )
     cls_layers = sum(1 for key in state if re.fullmatch(r"cls_decoder\._decoder\.\d+\.weight", key)) // 2 + 1
@@ -176,10 +179,12 @@ def rename_official_keys(
             renamed["scgpt.embeddings.gene_encoder." + key.removeprefix("encoder.")] = tensor
         elif key.startswith("value_encoder."):
             renamed["scgpt.embeddings." + key] = tensor
-        elif key.startswith(("decoder.", "mvc_decoder.", "cls_decoder.out_layer.")):
+        elif key.startswith(("decoder.", "mvc_decoder.")):
             renamed[key] = tensor
+        elif key.startswith("cls_decoder.out_layer."):  # the head is `classifier` here, as in transformers
+            renamed["classifier." + key.removeprefix("cls_decoder.")] = tensor
         elif key.startswith("cls_decoder._decoder."):
-            renamed["cls_decoder.layers." + key.removeprefix("cls_decoder._decoder.")] = tensor
+            renamed["classifier.layers." + key.removeprefix("cls_decoder._decoder.")] = tensor
         elif match := _LAYER_KEY.match(key):
             prefix, name = f"scgpt.encoder.layer.{match.group(1)}.", match.group(2)
             if name in _LAYER_RENAMES:
@@ -188,13 +193,13 @@ def rename_official_keys(
                 layout, kind = _FUSED_QKV[name]
                 layouts.add(layout)
                 if tensor.shape[0] != 3 * hidden_size:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"{key} has shape {tuple(tensor.shape)}; expected [3 x {hidden_size}, ...]"
                     )
                 for part, chunk in zip(("query", "key", "value"), tensor.chunk(3, dim=0), strict=True):
                     renamed[f"{prefix}attention.self.{part}.{kind}"] = chunk.clone()
             else:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Unknown key '{key}' in the encoder layers. Known attention layouts are flash-attn "
                     "(self_attn.Wqkv.weight/bias) and PyTorch (self_attn.in_proj_weight/bias), each with "
                     "self_attn.out_proj; is this a scGPT TransformerModel checkpoint?"
@@ -202,9 +207,9 @@ def rename_official_keys(
         elif key.startswith(_UNUSED_PREFIXES):
             unused.append(key)
         else:
-            raise ValueError(f"Unknown checkpoint key '{key}': not part of scGPT's TransformerModel")
+            raise InvalidInputError(f"Unknown checkpoint key '{key}': not part of scGPT's TransformerModel")
     if len(layouts) > 1:
-        raise ValueError(f"The checkpoint mixes attention layouts {sorted(layouts)}; expected one")
+        raise InvalidInputError(f"The checkpoint mixes attention layouts {sorted(layouts)}; expected one")
     return renamed, unused, layouts.pop() if layouts else "none"
 
 
@@ -215,38 +220,38 @@ def convert_scgpt_checkpoint(
 
     Checkpoints without a classification head become `ScGPTForMaskedExpressionModeling` (gene embeddings,
     encoder, expression and MVC decoders); fine-tuned annotation checkpoints with a `cls_decoder` become
-    `ScGPTForCellClassification`. Either loads into the other class with the heads it lacks initialised.
+    `ScGPTForCellClassification`, whose head is named `classifier` (transformers' and peft's name). Either loads into the other class with the heads it lacks initialised.
     Everything is written to a temporary folder first, so a failure leaves `out_dir` untouched.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
-        raise FileNotFoundError(f"Checkpoint folder {src_dir} does not exist")
-    check_out_dir(out_dir, overwrite)
+        raise MissingFileError(f"Checkpoint folder {src_dir} does not exist")
+    check_out_dir(out_dir, overwrite, inputs=[src_dir / checkpoint_file])
     args = _read_json(src_dir / ARGS_FILE, "the model hyper-parameters")
     vocab_path = src_dir / VOCAB_FILE
     vocab = _read_json(vocab_path, "the gene vocabulary")
     _check_vocab(vocab, vocab_path)
     checkpoint = src_dir / checkpoint_file
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{src_dir} has no {checkpoint_file} (the model weights)")
+        raise MissingFileError(f"{src_dir} has no {checkpoint_file} (the model weights)")
     state = load_official_state_dict(checkpoint)
     if "encoder.embedding.weight" not in state:
-        raise ValueError(
+        raise InvalidInputError(
             f"{checkpoint} has no 'encoder.embedding.weight': not a scGPT TransformerModel state dict"
         )
 
     config = config_from_official(args, vocab, state)
     renamed, unused, layout = rename_official_keys(state, config.hidden_size)
-    has_classifier = "cls_decoder.out_layer.weight" in renamed
+    has_classifier = "classifier.out_layer.weight" in renamed
     model_class = ScGPTForCellClassification if has_classifier else ScGPTForMaskedExpressionModeling
     config.architectures = [model_class.__name__]
     model = model_class(config)
-    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("cls_decoder.",)
+    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("classifier.",)
     unused += [key for key in renamed if key.startswith(head_only)]
     renamed = {key: value for key, value in renamed.items() if not key.startswith(head_only)}
     result = model.load_state_dict(renamed, strict=False)
     if result.unexpected_keys:
-        raise ValueError(
+        raise InvalidInputError(
             f"Checkpoint tensors with no place in {model_class.__name__}: {result.unexpected_keys}"
         )
 
@@ -254,7 +259,7 @@ def convert_scgpt_checkpoint(
     try:
         model.save_pretrained(staging)
         shutil.copyfile(vocab_path, staging / VOCAB_FILE)
-        publish(staging, out_dir)
+        publish(staging, out_dir, command="convert")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -19,6 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
+from ..heads import CLASSIFIER_NAME, LEGACY_CLASSIFIER_NAMES, warn_if_head_frozen
 from .configuration_scgpt import ScGPTConfig
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -517,12 +518,19 @@ class ScGPTMVCDecoder(nn.Module):
 
 
 class ScGPTForCellClassification(ScGPTPreTrainedModel):
-    """scGPT with its classification head on the cell embedding (cell-type annotation)."""
+    """scGPT with its classification head `classifier` on the cell embedding (cell-type annotation).
+
+    The official code calls the head `cls_decoder`; it is named `classifier` here, as in transformers, because
+    that is the name peft's `task_type="SEQ_CLS"` trains and saves. Adapters saved with `cls_decoder.*` weights
+    load through `_checkpoint_conversion_mapping`, which peft applies to adapter weights.
+    """
+
+    _checkpoint_conversion_mapping = {rf"^{old}\.": f"{CLASSIFIER_NAME}." for old in LEGACY_CLASSIFIER_NAMES}
 
     def __init__(self, config: ScGPTConfig):
         super().__init__(config)
         self.scgpt = ScGPTModel(config)
-        self.cls_decoder = ScGPTClsDecoder(config)
+        self.classifier = ScGPTClsDecoder(config)
         self.post_init()
 
     def forward(
@@ -547,9 +555,11 @@ class ScGPTForCellClassification(ScGPTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.cls_decoder(outputs.cell_embedding)
+        logits = self.classifier(outputs.cell_embedding)
         loss = None
         if labels is not None:
+            if self.training and torch.is_grad_enabled():
+                warn_if_head_frozen(self, self.classifier)
             weight = None
             if self.config.class_weights is not None:
                 weight = torch.tensor(self.config.class_weights, dtype=logits.dtype, device=logits.device)

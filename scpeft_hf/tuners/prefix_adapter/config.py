@@ -65,8 +65,8 @@ class PrefixAdapterConfig(PeftConfig):
         metadata={
             "help": (
                 "Modules besides the prefix that are trained and saved, typically the task head. None takes the "
-                "task head of the model's `model_type` when the model has one (`cls_decoder` for scGPT, "
-                "`classifier` for BERT/Geneformer)."
+                "task head of the model's `model_type` when the model has one (`classifier` for scGPT "
+                "and BERT/Geneformer; older scGPT adapters naming `cls_decoder` are mapped to it)."
             )
         },
     )

@@ -13,9 +13,9 @@ from ..registration import ScPeftType
 from ..targets import (
     PREFIX_ADAPTER_TARGET_MODULES,
     check_model_hidden_size,
-    default_modules_to_save,
     default_target_modules,
     resolve_layers,
+    resolve_modules_to_save,
 )
 from ..tuner_utils import BlockTuner
 from .config import PrefixAdapterConfig
@@ -49,8 +49,9 @@ class PrefixAdapterModel(BlockTuner):
         peft_config.model_hidden_size = check_model_hidden_size(
             peft_config.model_hidden_size, model_config, "prefix adapter"
         )
-        if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = default_modules_to_save(self.model, model_config)
+        peft_config.modules_to_save = resolve_modules_to_save(
+            peft_config.modules_to_save, self.model, model_config
+        )
         return peft_config
 
     def _create_and_replace(
