@@ -1,7 +1,7 @@
 """Where should the adapters go? Encoder adapter and LoRA on the bottom half (the paper), the top half, or all layers.
 
-Accuracy: cell-type annotation of pbmc68k_reduced (bulk_labels, 10 types) with the embedded demo backbone, the
-fixed demo test split (cells the backbone never saw in pretraining) and 3 seeds, each drawing its own stratified
+Accuracy: cell-type annotation of pbmc68k_reduced (bulk_labels, 10 types) with the embedded backbone, the
+fixed demo test split and 3 seeds, each drawing its own stratified
 validation split from the remaining cells and its own initialisation; a logistic-regression row on the same
 test cells. Cost: peak memory and step time at scGPT-human size, read from a `peft_vs_full.py` results file run
 with `--placements paper,top,all`. Writes benchmarks/results/placement.{md,json}.
@@ -40,7 +40,7 @@ def run_accuracy(args: argparse.Namespace, results: dict, save) -> None:
     from transformers import AutoConfig
 
     from scpeft_hf.tasks.annotation import TrainingSettings, train_annotation
-    from scpeft_hf.tasks.backbones import DEMO_BACKBONE
+    from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
     from scpeft_hf.tasks.demo import logistic_regression_baseline
     from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
@@ -48,6 +48,7 @@ def run_accuracy(args: argparse.Namespace, results: dict, save) -> None:
     # train + validation cells of the demo split become "train": each seed carves its own validation split
     adata.obs["placement_split"] = adata.obs[DEMO_SPLIT_KEY].replace({"validation": "train"})
     num_layers = AutoConfig.from_pretrained(DEMO_BACKBONE).num_hidden_layers
+    results["backbone"] = f"{DEMO_BACKBONE_NAME} (the embedded backbone)"
     results["backbone_layers"] = num_layers
     results["baseline"] = logistic_regression_baseline(adata, seed=0)
     done = {(row["method"], row["placement"], row["seed"]) for row in results["accuracy"]}
@@ -103,11 +104,11 @@ def write_report(results: dict, cost_path: Path) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
-        "## Accuracy (pbmc68k_reduced, embedded demo backbone)",
+        f"## Accuracy (pbmc68k_reduced, {results.get('backbone', 'the embedded backbone')})",
         "",
-        f"{num_layers}-layer demo backbone: paper = layers 0-{num_layers // 2 - 1}, top = layers {layers['top']}, "
-        f"all = 0-{num_layers - 1}. Test: the fixed demo test split (cells outside the backbone's pretraining "
-        f"data); seeds {settings['seeds']} each draw a stratified validation split from the other cells and "
+        f"{num_layers}-layer backbone: paper = layers 0-{num_layers // 2 - 1}, top = layers {layers['top']}, "
+        f"all = 0-{num_layers - 1}. Test: the fixed demo test split (142 cells); seeds {settings['seeds']} each "
+        "draw a stratified validation split from the other cells and "
         f"initialise the adapter and head; at most {settings['epochs']} epochs, early stopping on validation "
         f"macro-F1 (patience {settings['patience']}), max length "
         f"{settings['max_length'] or 'the processor default'}. Mean ± SD over seeds. Run on "
