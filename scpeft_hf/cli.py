@@ -83,6 +83,7 @@ def _training_settings(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from .output_folders import check_out_dir
     from .tasks.annotation import train_annotation
+    from .tasks.backbones import SpeciesSettings
 
     check_out_dir(Path(args.out), args.overwrite, inputs=[args.data])
 
@@ -97,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         input_kind=args.input,
         settings=settings,
         overwrite=args.overwrite,
+        species=SpeciesSettings(args.species, args.ortholog_table, args.ortholog_policy, args.strict),
     )
     if result.metrics:
         print(
@@ -111,15 +113,65 @@ def _predict(args: argparse.Namespace) -> int:
     from .tasks.annotation import load_annotator
 
     _check_out_file(args.out, args.overwrite)
+    if (args.label_map or args.shared_labels_only) and not args.label_key:
+        raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
     cells = _read_h5ad(args.data)
-    annotator = load_annotator(args.adapter, base=args.base)
+    annotator = load_annotator(args.adapter, base=args.base, species=args.species)
     adata = annotator.predict(cells, batch_size=args.batch_size)
+    metrics = _score_predictions(args, adata, annotator) if args.label_key else None
     _write_h5ad(adata, args.out)
     counts = adata.obs["scpeft_pred"].value_counts()
     print(
         f"Annotated {adata.n_obs} cells into {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
+    if metrics is not None:
+        _write_prediction_metrics(args, metrics)
     return 0
+
+
+def _score_predictions(args: argparse.Namespace, adata, annotator) -> dict:
+    """Metrics of `predict --label-key` (with the ortholog coverage under --species); checked before any write."""
+    from .errors import MissingKeyError
+    from .tasks.metrics import label_transfer_metrics, read_label_map
+
+    if args.label_key not in adata.obs:
+        raise MissingKeyError(
+            f"--label-key {args.label_key} is not an obs column of {args.data}: {list(adata.obs)}"
+        )
+    label_map = read_label_map(args.label_map) if args.label_map else None
+    metrics = label_transfer_metrics(
+        adata.obs[args.label_key],
+        adata.obs["scpeft_pred"],
+        annotator.label_names,
+        label_map,
+        args.shared_labels_only,
+    )
+    coverage = getattr(annotator.processor, "ortholog_coverage", None)
+    if coverage is not None:
+        print(f"Orthologs ({annotator.processor.species}): {coverage.report()}")
+    return {**metrics, "orthologs": coverage.as_dict() if coverage is not None else None}
+
+
+def _write_prediction_metrics(args: argparse.Namespace, metrics: dict) -> None:
+    import json
+
+    metrics_path = Path(args.out).parent / "metrics.json"
+    partial = metrics_path.with_name(".metrics.json.partial")
+    partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    partial.replace(metrics_path)
+    if args.shared_labels_only:
+        print(
+            f"Scored {metrics['n_scored']} cells with labels the adapter knows; excluded {metrics['n_excluded']}"
+        )
+    elif metrics["unseen_labels"]:
+        print(
+            f"{metrics['n_unseen_label_cells']} cells have labels the adapter never saw "
+            f"({', '.join(metrics['unseen_labels'])}): counted as errors (--shared-labels-only leaves them out)"
+        )
+    print(
+        f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f} -> {metrics_path}"
+    )
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -127,7 +179,11 @@ def _embed(args: argparse.Namespace) -> int:
 
     _check_out_file(args.out, args.overwrite)
     adata = embed_cells(
-        _read_h5ad(args.data), base=args.base, adapter=args.adapter, batch_size=args.batch_size
+        _read_h5ad(args.data),
+        base=args.base,
+        adapter=args.adapter,
+        batch_size=args.batch_size,
+        species=args.species,
     )
     _write_h5ad(adata, args.out)
     print(
@@ -238,6 +294,15 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_species_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--species",
+        default=None,
+        help="species of the cells (e.g. mouse): genes are mapped to human symbols through an ortholog table and "
+        "matched case-exactly (default: matched as given, with a case-insensitive fallback)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scpeft-hf",
@@ -294,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"
     )
     _add_speed_options(train)
+    _add_species_option(train)
+    train.add_argument(
+        "--ortholog-table",
+        default=None,
+        help="CSV with columns source_gene,human_gene[,confidence] (default: the shipped table of --species)",
+    )
+    train.add_argument(
+        "--ortholog-policy",
+        choices=["one2one", "sum"],
+        default=None,
+        help="one2one: only one-to-one orthologs; sum (default): counts of genes with the same human ortholog "
+        "are summed, a gene with several goes to the most confident (ties: alphabetical)",
+    )
+    train.add_argument(
+        "--strict", action="store_true", help="fail instead of warning when under 20%% of expressed genes map"
+    )
     train.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
     )
@@ -316,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_species_option(predict)
+    predict.add_argument(
+        "--label-key",
+        default=None,
+        help="obs column with true labels: writes metrics.json next to --out (labels the adapter never saw are errors)",
+    )
+    predict.add_argument(
+        "--label-map", default=None, help="two-column file of label spellings that match (e.g. T_cell,t_cell)"
+    )
+    predict.add_argument(
+        "--shared-labels-only",
+        action="store_true",
+        help="score only cells whose label the adapter knows (says how many were excluded)",
+    )
     predict.set_defaults(handler=_predict)
 
     embed = commands.add_parser(
@@ -333,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_species_option(embed)
     embed.set_defaults(handler=_embed)
 
     push = commands.add_parser(

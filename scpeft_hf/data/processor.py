@@ -32,6 +32,7 @@ from datasets.table import InMemoryTable
 
 from ..errors import InvalidInputError, MissingFileError, MissingKeyError
 from .binning import MAX_CHUNK_ROWS, TieRule, bin_csr_counts, bin_csr_values
+from .orthologs import GeneMap, OrthologCoverage, Policy, read_pretrained_genes
 from .streaming import atomic_arrow_writer, expression_matrix, file_fingerprint, iter_csr_chunks
 from .vocab import GeneMatch, GeneVocab, gene_names
 
@@ -79,6 +80,16 @@ class ScGPTProcessor:
         gene_column: `var` column holding the gene names; None for the var index.
         label_names: class names, fixed the first time labels are processed and saved.
         chunk_size: cells tokenized at a time (bounds working memory; not saved).
+        species: the cells' species when not human (e.g. `"mouse"`): genes are mapped to human symbols
+            through an ortholog table (see :mod:`scpeft_hf.data.orthologs`) and matched case-exactly; the
+            resolved map is saved as `gene_map.json`. `"human"` only turns off case-insensitive matching.
+        ortholog_table: the table for `species` (a DataFrame or CSV with `source_gene,human_gene[,confidence]`);
+            None uses the shipped one, or the map already saved with this processor.
+        ortholog_policy: `"sum"` (default) or `"one2one"`.
+        gene_map: an already resolved map (`from_pretrained` passes the saved one).
+        strict: with `species`, raise instead of warning when under 20% of the expressed genes map (not saved).
+        pretrained_genes: genes the base was pretrained on, for the coverage report (read from
+            `pretrained_genes.txt` by `from_pretrained`; not saved).
     """
 
     def __init__(
@@ -101,6 +112,12 @@ class ScGPTProcessor:
         gene_column: str | None = None,
         label_names: list[str] | None = None,
         chunk_size: int = 1024,
+        species: str | None = None,
+        ortholog_table: pd.DataFrame | str | os.PathLike | None = None,
+        ortholog_policy: Policy | None = None,
+        gene_map: GeneMap | None = None,
+        strict: bool = False,
+        pretrained_genes: set[str] | None = None,
     ):
         if input_kind not in ("counts", "log1p", "auto"):
             raise InvalidInputError(f"input_kind={input_kind!r}; use 'counts', 'log1p' or 'auto'")
@@ -136,6 +153,27 @@ class ScGPTProcessor:
         self.gene_column = gene_column
         self.label_names = list(label_names) if label_names is not None else None
         self.chunk_size = chunk_size
+        self.species = species or (gene_map.species if gene_map is not None else None)
+        self.gene_map = self._resolve_gene_map(gene_map, ortholog_table, ortholog_policy)
+        self.strict = strict
+        self.pretrained_genes = pretrained_genes
+        self.ortholog_coverage: OrthologCoverage | None = None  # of the last AnnData processed
+
+    def _resolve_gene_map(self, saved: GeneMap | None, table, policy: Policy | None) -> GeneMap | None:
+        """The saved map when it fits the species and no other table or policy is asked for, else a new one."""
+        if self.species in (None, "human"):
+            if table is not None or policy is not None:
+                raise InvalidInputError(
+                    "an ortholog table or policy needs species= (--species), the species of the cells"
+                )
+            return None
+        keep = (
+            saved is not None
+            and saved.species == self.species
+            and table is None
+            and policy in (None, saved.policy)
+        )
+        return saved if keep else GeneMap.from_table(self.species, table, policy or "sum")
 
     @property
     def pad_token_id(self) -> int:
@@ -167,6 +205,7 @@ class ScGPTProcessor:
             "label_names": self.label_names,
             "pad_token": self.vocab.pad_token,
             "cls_token": self.vocab.cls_token,
+            "species": self.species,
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -174,6 +213,8 @@ class ScGPTProcessor:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.vocab.save(directory / VOCAB_NAME)
+        if self.gene_map is not None:
+            self.gene_map.save(directory)
         (directory / PROCESSOR_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -196,7 +237,13 @@ class ScGPTProcessor:
             settings = json.loads(config_path.read_text())
             settings.pop("processor_class", None)
             special = {key: settings.pop(key) for key in ("pad_token", "cls_token") if key in settings}
-            return cls(GeneVocab.from_file(directory / VOCAB_NAME, **special), **{**settings, **kwargs})
+            saved = {
+                "gene_map": GeneMap.load(directory),
+                "pretrained_genes": read_pretrained_genes(directory),
+            }
+            return cls(
+                GeneVocab.from_file(directory / VOCAB_NAME, **special), **{**saved, **settings, **kwargs}
+            )
         if not model_config_path.is_file():
             raise MissingFileError(
                 f"{directory} has neither {PROCESSOR_CONFIG_NAME} nor a model {MODEL_CONFIG_NAME}; "
@@ -215,6 +262,7 @@ class ScGPTProcessor:
             "pad_value": model_config["pad_value"],
             "mask_value": model_config["mask_value"],
             "max_length": model_config["max_seq_len"],
+            "pretrained_genes": read_pretrained_genes(directory),
         }
         return cls(vocab, **{**settings, **kwargs})
 
@@ -241,7 +289,22 @@ class ScGPTProcessor:
         self, adata: AnnData, gene_column: str | None = None, gene_table: pd.DataFrame | str | None = None
     ) -> GeneMatch:
         """Overlap of the AnnData's genes with the vocabulary (see :meth:`GeneVocab.match`)."""
-        return self.vocab.match(adata, gene_column or self.gene_column, gene_table)
+        adata, gene_column = self._to_human(adata, gene_column, None)
+        return self.vocab.match(adata, gene_column, gene_table, case_insensitive=self.species is None)
+
+    def _to_human(
+        self, adata: AnnData, gene_column: str | None, layer: str | None
+    ) -> tuple[AnnData, str | None]:
+        """With a gene map: the AnnData on human genes (var index; `layer` summed in X), else unchanged."""
+        gene_column = gene_column or self.gene_column
+        if self.gene_map is None:
+            return adata, gene_column
+        if layer is not None:
+            adata = AnnData(X=expression_matrix(adata, layer), obs=adata.obs, var=adata.var)
+        human, self.ortholog_coverage = self.gene_map.apply(
+            adata, self.vocab.token_to_id, gene_column, self.pretrained_genes, self.strict
+        )
+        return human, None
 
     def __call__(
         self,
@@ -266,6 +329,9 @@ class ScGPTProcessor:
                 "this AnnData is backed on disk; use processor.tokenize_h5ad(path) to stream it"
             )
         label_names, labels = self._labels(adata, label_key)
+        if self.gene_map is not None:
+            adata, gene_column = self._to_human(adata, gene_column, layer)
+            layer = None
         matrix = expression_matrix(adata, layer)
         if sp.issparse(matrix) and matrix.format != "csr":
             matrix = matrix.tocsr()
@@ -298,6 +364,11 @@ class ScGPTProcessor:
         present, and only appears once complete. HVG selection must already be fitted (`hvg_genes`).
         With `input_kind="auto"` the first chunk decides; a later chunk that disagrees is an error.
         """
+        if self.gene_map is not None:
+            raise InvalidInputError(
+                f"tokenize_h5ad({path}) streams genes as stored, so species={self.species!r} cannot map them; "
+                f"call processor(anndata.read_h5ad(path)) instead"
+            )
         adata = anndata.read_h5ad(path, backed="r")
         try:
             label_names, labels = self._labels(adata, label_key)
@@ -406,8 +477,9 @@ class ScGPTProcessor:
         self, adata: AnnData, gene_column: str | None, gene_table: pd.DataFrame | str | None, matrix
     ) -> _GenePlan:
         """Genes to tokenize; HVGs are chosen here when needed, from `matrix` (None when streaming)."""
-        gene_column = gene_column or self.gene_column
-        match = self.vocab.match(adata, gene_column, gene_table)
+        # Once mapped through orthologs, the genes are the var index (human symbols).
+        gene_column = None if self.gene_map is not None else gene_column or self.gene_column
+        match = self.vocab.match(adata, gene_column, gene_table, case_insensitive=self.species is None)
         logger.info("genes: %s", match.report())
         matched_columns = np.flatnonzero(match.matched)
         names = gene_names(adata, gene_column)[matched_columns]

@@ -176,8 +176,11 @@ class GeneVocab:
         adata: AnnData,
         gene_column: str | None = None,
         gene_table: pd.DataFrame | str | os.PathLike | None = None,
+        case_insensitive: bool = True,
     ) -> GeneMatch:
         """Map `adata`'s genes (the `var` index, or `var[gene_column]`) to token ids; see the module docstring.
+
+        `case_insensitive=False` turns the last fallback off (used once genes went through an ortholog map).
 
         `gene_table` is a two-column symbol ↔ Ensembl ID table (a DataFrame, or a .csv/.tsv file), in either
         column order. Raises if the names are duplicated or if no gene matches at all.
@@ -188,6 +191,8 @@ class GeneVocab:
         collided = np.zeros(len(names), dtype=bool)
         candidates = self._candidates(pd.Series(names), gene_table)
         for kind in MATCH_KINDS:
+            if kind == "case_insensitive" and not case_insensitive:
+                continue
             candidate = candidates[kind].to_numpy()
             open_with_hit = (token_ids < 0) & (candidate >= 0)
             # Among this rule's open candidates the first in var order wins (others get distinct dummies).

@@ -24,15 +24,18 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..data.orthologs import read_pretrained_genes
 from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
+    SpeciesSettings,
     base_reference,
     describe_preprocessing,
     load_classifier,
     load_processor,
     make_collator,
+    ortholog_coverage,
     resolve_base,
 )
 from .card import render_adapter_card
@@ -148,12 +151,14 @@ def train_annotation(
     input_kind: str | None = None,
     settings: TrainingSettings | None = None,
     overwrite: bool = False,
+    species: SpeciesSettings | None = None,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
     The folder holds the adapter (`adapter_config.json`, `adapter_model.safetensors`; the whole model for
     `full`/`probe`), `processor_config.json` with the label names, `metrics.json`, `run_info.json`, a model
     card `README.md`, `confusion_matrix.png` and `umap.png`. It appears only when everything succeeded.
+    With `species`, genes go through an ortholog map first; it is saved with the processor (`gene_map.json`).
     """
     settings = settings or TrainingSettings()
     if method not in METHODS:
@@ -167,7 +172,13 @@ def train_annotation(
     base_dir = resolve_base(base)
     num_layers = AutoConfig.from_pretrained(base_dir).num_hidden_layers
     layers = parse_adapter_layers(settings.adapter_layers, num_layers, method)
-    processor = load_processor(base_dir, input_kind=input_kind, max_length=settings.max_length)
+    processor = load_processor(
+        base_dir,
+        input_kind=input_kind,
+        max_length=settings.max_length,
+        **asdict(species or SpeciesSettings()),
+    )
+    gene_coverage = ortholog_coverage(processor, adata)
     processor.label_names = sorted(adata.obs[label_key].astype(str).unique())
     splits = make_splits(
         adata.obs[label_key],
@@ -281,6 +292,7 @@ def train_annotation(
                     "label_key": label_key,
                     "label_names": label_names,
                     "preprocessing": describe_preprocessing(processor),
+                    "orthologs": gene_coverage,
                     "n_cells": {name: int(len(index)) for name, index in splits.items()},
                     "test_obs_names": adata.obs_names[splits["test"]].tolist(),
                     "training": asdict(settings)
@@ -335,12 +347,15 @@ class Annotator:
         return adata
 
 
-def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annotator:
+def load_annotator(
+    adapter: str | Path, base: str | Path | None = None, species: str | None = None
+) -> Annotator:
     """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
     `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
 
     The base model is the one recorded at training time unless `base` overrides it; either way its weights
-    must match the recorded fingerprint, so an adapter is never applied to a different backbone.
+    must match the recorded fingerprint, so an adapter is never applied to a different backbone. `species`
+    maps the cells' genes to human ones (an adapter trained with a species applies its saved map by itself).
     """
     from .hub import resolve_adapter  # hub.py builds on this module, so it is imported on use
 
@@ -349,9 +364,10 @@ def load_annotator(adapter: str | Path, base: str | Path | None = None) -> Annot
     if not info_path.is_file():
         raise MissingFileError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
     run_info = json.loads(info_path.read_text())
-    processor = load_processor(adapter_dir)
+    processor = load_processor(adapter_dir, species=species)
     if run_info["method"] in PEFT_METHODS:
         base_dir = resolve_base(base or run_info["base_model"])
+        processor.pretrained_genes = read_pretrained_genes(base_dir)
         model = load_classifier(
             base_dir,
             processor,

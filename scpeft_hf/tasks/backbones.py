@@ -8,8 +8,11 @@ Geneformer).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+from anndata import AnnData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
@@ -90,11 +93,37 @@ def processor_class(folder: str | Path) -> type[Processor]:
     return PROCESSOR_BY_MODEL_TYPE[model_type]
 
 
+@dataclass
+class SpeciesSettings:
+    """Cells of another species than human: the processor's ortholog settings (see `scpeft_hf.data.orthologs`)."""
+
+    species: str | None = None
+    ortholog_table: pd.DataFrame | str | Path | None = None
+    ortholog_policy: str | None = None
+    strict: bool = False
+
+
 def load_processor(folder: str | Path, **overrides) -> Processor:
-    """The processor saved in `folder` (or derived from its model files); None-valued overrides are ignored."""
-    return processor_class(folder).from_pretrained(
-        folder, **{k: v for k, v in overrides.items() if v is not None}
-    )
+    """The processor saved in `folder` (or derived from its model files); None/False overrides are ignored."""
+    overrides = {k: v for k, v in overrides.items() if v is not None and v is not False}
+    kind = processor_class(folder)
+    ortholog_options = sorted({"species", "ortholog_table", "ortholog_policy", "strict"} & set(overrides))
+    if kind is GeneformerProcessor and ortholog_options:
+        raise InvalidInputError(
+            f"{', '.join(ortholog_options)} applies to scGPT backbones; Geneformer keys genes by Ensembl id: "
+            f"map them to human Ensembl ids before tokenizing"
+        )
+    return kind.from_pretrained(folder, **overrides)
+
+
+def ortholog_coverage(processor: Processor, adata: AnnData) -> dict | None:
+    """Map `adata`'s genes once (raising on bad input before anything is written); the coverage, if mapped."""
+    if getattr(processor, "gene_map", None) is None:
+        return None
+    processor.match_genes(adata)
+    coverage = processor.ortholog_coverage
+    print(f"Orthologs ({processor.species}, policy {processor.gene_map.policy}): {coverage.report()}")
+    return coverage.as_dict()
 
 
 def make_collator(processor: Processor, train: bool, **kwargs) -> ScGPTDataCollator | GeneformerDataCollator:
@@ -186,4 +215,10 @@ def describe_preprocessing(processor: Processor) -> str:
         steps.append(f"{len(settings['hvg_genes'])} highly variable genes")
     steps.append(f"{settings['n_bins']} per-cell quantile bins ({settings['ties']} ties)")
     steps.append(f"at most {settings['max_length']} genes per cell incl. `<cls>`")
+    if getattr(processor, "gene_map", None) is not None:
+        gene_map = processor.gene_map
+        steps.insert(
+            0,
+            f"{gene_map.species} genes mapped to human ({gene_map.policy} policy, {gene_map.table_source} table)",
+        )
     return ", ".join(steps) + "."

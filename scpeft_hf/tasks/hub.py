@@ -30,6 +30,7 @@ from huggingface_hub.utils import validate_repo_id
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from ..data.geneformer_processor import GENE_NAME_ID_NAME, MEDIAN_DICTIONARY_NAME, TOKEN_DICTIONARY_NAME
+from ..data.orthologs import GENE_MAP_NAME
 from ..data.processor import PROCESSOR_CONFIG_NAME, VOCAB_NAME
 from ..errors import HubAccessError, HubConnectionError, InvalidInputError, MissingFileError
 from .annotation import METRICS, RUN_INFO
@@ -41,7 +42,13 @@ CARD = "README.md"
 # A shared adapter: the peft adapter, the processor (its config holds the label names), the run record and the
 # card. The processor's own files depend on the backbone: scGPT's vocabulary or Geneformer's dictionaries.
 REQUIRED_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, PROCESSOR_CONFIG_NAME, RUN_INFO, METRICS)
-PROCESSOR_FILES = (VOCAB_NAME, TOKEN_DICTIONARY_NAME, MEDIAN_DICTIONARY_NAME, GENE_NAME_ID_NAME)
+PROCESSOR_FILES = (
+    VOCAB_NAME,
+    TOKEN_DICTIONARY_NAME,
+    MEDIAN_DICTIONARY_NAME,
+    GENE_NAME_ID_NAME,
+    GENE_MAP_NAME,
+)
 SHARED_FILES = (*REQUIRED_FILES, *PROCESSOR_FILES, CARD)
 
 
