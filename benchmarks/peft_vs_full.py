@@ -400,7 +400,9 @@ def write_report(rows: list[dict], args: argparse.Namespace, environment: dict) 
     if args.device == "cpu":
         lines.append(
             "- CPU timings come from a 2-core machine shared with other jobs: wall times are noisy. Process CPU "
-            "time (summed over threads) is less sensitive to other load and is reported next to them."
+            "time (summed over threads) is less sensitive to other load and is reported next to them. Methods run "
+            "one after another, so when the load changes during a run, wall-time ratios between methods reflect "
+            "the load; compare CPU times."
         )
     output_dir = REPO_ROOT / "benchmarks" / "results"
     output_dir.mkdir(parents=True, exist_ok=True)
