@@ -30,7 +30,7 @@ from .tuners import (
     scpeft_lora_config,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # names served from the data room on first access (PEP 562), with the submodule that defines them
 _LAZY = {

@@ -1,4 +1,5 @@
-"""The `scpeft-hf` command line: convert, pretrain, train, predict, embed, push and demo."""
+"""The `scpeft-hf` command line: convert, pretrain, train, integrate, predict, embed, markers, push, datasets and
+demo."""
 
 from __future__ import annotations
 
@@ -109,6 +110,79 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integrate(args: argparse.Namespace) -> int:
+    from .tasks.integration import IntegrationSettings, integrate
+
+    settings = IntegrationSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_length=args.max_length,
+        n_top_genes=args.n_top_genes,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    result = integrate(
+        _read_h5ad(args.data),
+        batch_key=args.batch_key,
+        label_key=args.label_key,
+        method=args.method,
+        out_dir=args.out,
+        base=args.base,
+        settings=settings,
+        overwrite=args.overwrite,
+    )
+    for name in ("scpeft", "zero_shot", "pca", "harmony"):
+        if name in result.metrics:
+            scores = result.metrics[name]
+            print(
+                f"{name:<10} "
+                + "  ".join(
+                    f"{k} {scores[k]:.3f}" for k in ("avg_bio", "avg_batch", "overall") if k in scores
+                )
+            )
+    print(f"Wrote {result.out_dir}")
+    return 0
+
+
+def _add_integrate_command(commands) -> None:
+    integrate = commands.add_parser(
+        "integrate",
+        help="integrate batches with an adapter and scGPT's integration objective",
+        description="Fine-tune an adapter with scGPT's integration objective (masked-value MSE, GEPC, ECS, DAB, "
+        "DSBN) on mini-batches of one batch each, embed every cell, and score the embedding with scIB metrics "
+        "beside the zero-shot model and PCA (needs the extra: pip install 'scpeft-hf[integration]'). Writes the "
+        "adapter, integrated.h5ad, metrics.json, umap.png and a model card into --out, or nothing on failure.",
+    )
+    integrate.add_argument("--data", required=True, help=".h5ad file with raw counts in X")
+    integrate.add_argument(
+        "--batch-key", required=True, help="obs column naming each cell's batch (donor, run)"
+    )
+    integrate.add_argument(
+        "--label-key", default=None, help="obs column with cell types, for the bio metrics"
+    )
+    integrate.add_argument(
+        "--method", default="encoder", choices=["encoder", "token", "prefix", "lora", "full"]
+    )
+    integrate.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    integrate.add_argument(
+        "--base", default=None, help="base scGPT folder (default: the embedded demo backbone)"
+    )
+    integrate.add_argument(
+        "--epochs", type=int, default=15, help="training epochs (default 15, as scGPT's tutorial)"
+    )
+    integrate.add_argument("--batch-size", type=int, default=32, help="cells per training step (default 32)")
+    integrate.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    integrate.add_argument("--max-length", type=int, default=None, help="genes per cell incl. <cls>")
+    integrate.add_argument(
+        "--n-top-genes", type=int, default=1200, help="highly variable genes (default 1200)"
+    )
+    integrate.add_argument("--seed", type=int, default=0)
+    integrate.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    integrate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    integrate.set_defaults(handler=_integrate)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .tasks.annotation import load_annotator
 
@@ -184,11 +258,39 @@ def _embed(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         batch_size=args.batch_size,
         species=args.species,
+        batch_key=args.batch_key,
     )
     _write_h5ad(adata, args.out)
     print(
         f"Wrote {adata.obsm['X_scpeft'].shape[1]}-dimensional embeddings of {adata.n_obs} cells to {args.out}"
     )
+    return 0
+
+
+def _markers(args: argparse.Namespace) -> int:
+    from .tasks.attention import find_markers, marker_paths
+
+    summary = find_markers(
+        _read_h5ad(args.data),
+        args.adapter,
+        args.label_key,
+        args.out,
+        top=args.top,
+        layer=args.attention_layer,
+        reference=args.reference,
+        method=args.method,
+        base=args.base,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    for group, result in summary["groups"].items():
+        print(
+            f"{group}: {', '.join(result['top_genes'][:5])} ... ({result['overlap_with_wilcoxon']}/{args.top} "
+            "shared with Wilcoxon)"
+        )
+    for group, reason in summary["skipped_groups"].items():
+        print(f"{group}: skipped, {reason}")
+    print(f"Wrote {', '.join(str(path) for path in marker_paths(args.out).values())}")
     return 0
 
 
@@ -379,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
     )
     train.set_defaults(handler=_train)
+    _add_integrate_command(commands)
 
     predict = commands.add_parser(
         "predict",
@@ -429,7 +532,49 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_species_option(embed)
+    embed.add_argument(
+        "--batch-key",
+        default=None,
+        help="obs column with batches, for an `integrate` adapter (default: its own)",
+    )
     embed.set_defaults(handler=_embed)
+
+    markers = commands.add_parser(
+        "markers",
+        help="marker genes per cell type from a trained model's attention",
+        description="Score each cell's genes by the attention of one layer of a trained model (adapter active), "
+        "rank genes per group (mean score in the group minus the reference's, Mann-Whitney U p-values with "
+        "Benjamini-Hochberg correction) and compare each group's top genes with scanpy's Wilcoxon ranking. Writes "
+        "--out (csv: group, rank, gene, score, pvalue, pvalue_adj), a dotplot (.png) and <stem>_summary.json beside "
+        "it: all three or none.",
+    )
+    markers.add_argument(
+        "--adapter", required=True, help="folder written by `scpeft-hf train`, or a Hub repo"
+    )
+    markers.add_argument("--data", required=True, help=".h5ad file with cells x genes (raw counts in .X)")
+    markers.add_argument(
+        "--label-key", required=True, help="obs column with the groups (e.g. cell_type, or scpeft_pred)"
+    )
+    markers.add_argument("--out", required=True, help="csv file to write (markers.csv)")
+    markers.add_argument("--top", type=int, default=20, help="genes per group in the table (default 20)")
+    markers.add_argument(
+        "--attention-layer", type=int, default=-1, help="encoder layer to read (default -1, the last)"
+    )
+    markers.add_argument(
+        "--reference", default="rest", help="'rest' (all other cells, default) or the name of one group"
+    )
+    markers.add_argument(
+        "--method",
+        choices=["qk-rank", "cls-softmax"],
+        default="qk-rank",
+        help="qk-rank (scPEFT's rank-normalised q.k) or cls-softmax (the <cls> attention probabilities)",
+    )
+    markers.add_argument(
+        "--base", default=None, help="base model folder (default: the one the adapter names)"
+    )
+    markers.add_argument("--batch-size", type=int, default=16, help="cells per forward pass")
+    markers.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    markers.set_defaults(handler=_markers)
 
     push = commands.add_parser(
         "push",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create ./.venv and install scpeft-hf into it. `--test` also installs the test tools and the official
-# scGPT reference code used by the parity tests. Works offline against a local package index.
+# Create ./.venv and install scpeft-hf into it. `--test` also installs the test tools, the `integration` extra
+# (scIB metrics) and the official scGPT reference code used by the parity tests. Works offline against a local
+# package index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${SCPEFT_VENV:-.venv}
@@ -13,7 +14,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install -q "${SCPEFT_TORCH:-torch==2.13.0}"
 fi
 if [ "${1:-}" = "--test" ]; then
-    "$PY" -m pip install -q -e ".[test]"
+    "$PY" -m pip install -q -e ".[test,integration]"
     # The official scGPT code, for parity tests only. --no-deps: its torchtext pin no longer installs.
     "$PY" -m pip install -q --no-deps "scgpt==0.2.4"
 else

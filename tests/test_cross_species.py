@@ -12,7 +12,7 @@ import pytest
 
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.data import GeneVocab
-from scpeft_hf.data.orthologs import GENE_MAP_NAME, GeneMap
+from scpeft_hf.data.orthologs import GENE_MAP_NAME, GeneMap, read_pretrained_genes
 from scpeft_hf.datasets import baron_pancreas, orthologs
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE
 from scpeft_hf.tasks.hub import shareable_files
@@ -74,10 +74,12 @@ def test_train_on_mouse_saves_the_gene_map_and_its_coverage(workdir, mouse_adapt
     # The coverage in run_info is that of the whole AnnData through the shipped table and the backbone vocabulary.
     mouse = ad.read_h5ad(workdir / "mouse_common.h5ad")
     vocab = GeneVocab.from_file(DEMO_BACKBONE / "vocab.json")
-    _, coverage = GeneMap.from_table("mouse").apply(mouse, vocab.token_to_id)
+    pretrained = read_pretrained_genes(DEMO_BACKBONE)
+    _, coverage = GeneMap.from_table("mouse").apply(mouse, vocab.token_to_id, pretrained_genes=pretrained)
     run_info = json.loads((mouse_adapter / "run_info.json").read_text())
     assert run_info["orthologs"] == coverage.as_dict()
     assert coverage.source_genes == 14877 and coverage.mapped > 0.8 * coverage.source_genes
+    assert 0 < coverage.pretrained < coverage.in_vocabulary
     assert GENE_MAP_NAME in shareable_files(mouse_adapter)
 
 

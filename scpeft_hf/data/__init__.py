@@ -20,6 +20,7 @@ _LAZY = {
     "GeneformerProcessor": ".geneformer_processor",
     "rank_value_order": ".geneformer_processor",
     "ScGPTProcessor": ".processor",
+    "BatchGroupedSampler": ".samplers",
     "GeneMatch": ".vocab",
     "GeneVocab": ".vocab",
     "strip_ensembl_version": ".vocab",

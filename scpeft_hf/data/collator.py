@@ -37,7 +37,8 @@ class ScGPTDataCollator:
         training: training mode (fresh draws per batch) or eval mode (fixed per cell); see `train()`/`eval()`.
 
     Returns from a call: `input_ids` (long), `values` (float32), `attention_mask` (long, 1 = real token),
-    and `labels` (long class ids when the rows have them, or float values with `mlm_probability > 0`).
+    `labels` (long class ids when the rows have them, or float values with `mlm_probability > 0`), and
+    `batch_labels` (long) when the rows have them.
     """
 
     pad_token_id: int
@@ -98,6 +99,8 @@ class ScGPTDataCollator:
         elif "labels" in features[0] and features[0]["labels"] is not None:
             batch["labels"] = torch.tensor([row["labels"] for row in features], dtype=torch.long)
         batch["values"] = torch.from_numpy(values)
+        if "batch_labels" in features[0]:
+            batch["batch_labels"] = torch.tensor([row["batch_labels"] for row in features], dtype=torch.long)
         return batch
 
     def _generator_for(self, input_ids: np.ndarray) -> np.random.Generator:

@@ -24,8 +24,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data.orthologs import read_pretrained_genes
-from ..errors import InvalidInputError, MissingFileError, MissingKeyError, ScpeftUserError
+from ..errors import InvalidInputError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
@@ -40,15 +39,15 @@ from .backbones import (
 )
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, PEFT_METHODS, load_peft_adapter, parse_adapter_layers, prepare_model
+from .methods import METHODS, PEFT_METHODS, parse_adapter_layers, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, make_splits
+from .trained import RUN_INFO, load_trained_model
 from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
-RUN_INFO = "run_info.json"
 METRICS = "metrics.json"
 
 
@@ -215,7 +214,7 @@ def train_annotation(
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model, learning_rate = prepare_model(model, method, settings.learning_rate, layers)
+        model, learning_rate = prepare_model(model, method, settings.learning_rate, layers=layers)
         # where the adapters went (the default filled in); None for token, full and probe
         placed = (
             getattr(model.peft_config["default"], "layers_to_transform", None)
@@ -351,38 +350,7 @@ def load_annotator(
     adapter: str | Path, base: str | Path | None = None, species: str | None = None
 ) -> Annotator:
     """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
-    `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
-
-    The base model is the one recorded at training time unless `base` overrides it; either way its weights
-    must match the recorded fingerprint, so an adapter is never applied to a different backbone. `species`
-    maps the cells' genes to human ones (an adapter trained with a species applies its saved map by itself).
-    """
-    from .hub import resolve_adapter  # hub.py builds on this module, so it is imported on use
-
-    adapter_dir = resolve_adapter(adapter)
-    info_path = adapter_dir / RUN_INFO
-    if not info_path.is_file():
-        raise MissingFileError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
-    run_info = json.loads(info_path.read_text())
-    processor = load_processor(adapter_dir, species=species)
-    if run_info["method"] in PEFT_METHODS:
-        base_dir = resolve_base(base or run_info["base_model"])
-        processor.pretrained_genes = read_pretrained_genes(base_dir)
-        model = load_classifier(
-            base_dir,
-            processor,
-            num_labels=len(run_info["label_names"]),
-            id2label=dict(enumerate(run_info["label_names"])),
-        )
-        fingerprint = backbone_fingerprint(model)
-        if fingerprint != run_info["base_model_fingerprint"]:
-            raise InvalidInputError(
-                f"The adapter in {adapter_dir} was trained on a base model with fingerprint "
-                f"{run_info['base_model_fingerprint']}, but {base_dir} has {fingerprint}. Pass --base with the "
-                "model the adapter was trained on."
-            )
-        model = load_peft_adapter(model, adapter_dir)
-    else:
-        model = load_classifier(adapter_dir, processor)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    `adapter` ("user/name"); see `load_trained_model` (the base model must match the recorded fingerprint).
+    `species` maps the cells' genes to human ones (an adapter trained with a species applies its saved map)."""
+    model, processor, run_info = load_trained_model(adapter, base, species=species)
     return Annotator(model=model, processor=processor, run_info=run_info)

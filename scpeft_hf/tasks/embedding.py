@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
 import torch
 
-from .annotation import load_annotator
 from .backbones import load_backbone, load_processor, make_collator, resolve_base
 from .inference import run_model
+from .trained import load_trained_model
 
 
 def embed_cells(
@@ -18,16 +19,28 @@ def embed_cells(
     adapter: str | Path | None = None,
     batch_size: int = 64,
     species: str | None = None,
+    batch_key: str | None = None,
 ) -> ad.AnnData:
     """Write one embedding per cell to `adata.obsm["X_scpeft"]` and return `adata`.
 
     With `adapter`, the adapted model's embedding is used (the adapter's processor and base model, `base`
     overriding the latter); without it, the base model's own (`config.cell_emb_style`). `species` maps the
-    cells' genes to human ones through the shipped ortholog table (see `scpeft_hf.data.orthologs`).
+    cells' genes to human ones through the shipped ortholog table (see `scpeft_hf.data.orthologs`). An adapter
+    written by `integrate` reads each cell's batch from `obs[batch_key]` (default: the training run's batch column).
     """
     if adapter is not None:
-        annotator = load_annotator(adapter, base=base, species=species)
-        model, processor = annotator.model, annotator.processor
+        from .hub import resolve_adapter  # hub.py builds on the task modules, so it is imported on use
+
+        adapter = resolve_adapter(adapter)  # a Hub id becomes the downloaded folder
+    if adapter is not None and _written_by_integrate(adapter):
+        from .integration import load_integration_model
+
+        adata.obsm["X_scpeft"] = load_integration_model(adapter, base=base).embed(
+            adata, batch_key, batch_size
+        )
+        return adata
+    if adapter is not None:
+        model, processor, _ = load_trained_model(adapter, base, species=species)
     else:
         base_dir = resolve_base(base)
         processor = load_processor(base_dir, species=species)
@@ -35,3 +48,8 @@ def embed_cells(
     result = run_model(model, processor(adata), make_collator(processor, train=False), batch_size)
     adata.obsm["X_scpeft"] = result.cell_embeddings
     return adata
+
+
+def _written_by_integrate(adapter: str | Path) -> bool:
+    run_info = Path(adapter) / "run_info.json"
+    return run_info.is_file() and json.loads(run_info.read_text()).get("task") == "integration"

@@ -36,6 +36,7 @@ from ..errors import HubAccessError, HubConnectionError, InvalidInputError, Miss
 from .annotation import METRICS, RUN_INFO
 from .backbones import is_hub_repo_id, load_processor
 from .card import render_adapter_card
+from .integration_report import render_integration_card
 from .methods import PEFT_METHODS
 
 CARD = "README.md"
@@ -83,7 +84,11 @@ def push_adapter(
     names = shareable_files(folder)
     check_repo_id(repo_id)
     run_info = json.loads((folder / RUN_INFO).read_text())
-    card = render_adapter_card(folder, adapter_ref=repo_id)
+    if run_info.get("task") == "integration":  # an `integrate` folder: no label names, its own card
+        metrics = json.loads((folder / METRICS).read_text())
+        card = render_integration_card(run_info, metrics, adapter_ref=repo_id)
+    else:
+        card = render_adapter_card(folder, adapter_ref=repo_id)
     token = token or get_token()
     if token is None:
         raise HubAccessError(
@@ -119,7 +124,8 @@ def shareable_files(folder: Path) -> list[str]:
         raise MissingFileError(f"{folder} is not a folder; pass a folder written by `scpeft-hf train`")
     if not (folder / RUN_INFO).is_file():
         raise MissingFileError(f"{folder} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
-    method = json.loads((folder / RUN_INFO).read_text())["method"]
+    run_info = json.loads((folder / RUN_INFO).read_text())
+    method = run_info["method"]
     if method not in PEFT_METHODS:
         raise InvalidInputError(
             f"{folder} holds a `{method}` model: the whole network, backbone included, not an adapter. "
@@ -132,7 +138,7 @@ def shareable_files(folder: Path) -> list[str]:
             f"{folder} lacks {', '.join(missing)}: not a complete adapter folder; train it again with "
             "`scpeft-hf train`"
         )
-    if not load_processor(folder).label_names:
+    if run_info.get("task") != "integration" and not load_processor(folder).label_names:
         raise InvalidInputError(
             f"{folder / PROCESSOR_CONFIG_NAME} has no label_names; train the adapter again"
         )

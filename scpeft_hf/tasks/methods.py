@@ -65,24 +65,37 @@ def parse_adapter_layers(spec: str | None, num_layers: int, method: str) -> list
     return sorted(layers)
 
 
-def peft_config(method: str, model: PreTrainedModel, layers: list[int] | None = None) -> PeftConfig:
-    """The adapter config of `method` with our documented defaults, for this model; `layers` places it."""
+def peft_config(
+    method: str,
+    model: PreTrainedModel,
+    modules_to_save: list[str] | None = None,
+    layers: list[int] | None = None,
+) -> PeftConfig:
+    """The adapter config of `method` with our documented defaults, for this model. `modules_to_save` replaces
+    the default (the model type's task head) with the modules a task trains next to the adapter; `layers` places
+    the encoder adapter, prefix or LoRA (None: the first half)."""
     if method == "encoder":
-        return EncoderAdapterConfig(layers_to_transform=layers)
+        return EncoderAdapterConfig(modules_to_save=modules_to_save, layers_to_transform=layers)
     if method == "token":
-        return TokenAdapterConfig()
+        return TokenAdapterConfig(modules_to_save=modules_to_save)
     if method == "prefix":
-        return PrefixAdapterConfig(layers_to_transform=layers)
+        return PrefixAdapterConfig(modules_to_save=modules_to_save, layers_to_transform=layers)
     if method == "lora":
         head = TASK_HEADS.get(model.config.model_type)
         return scpeft_lora_config(
-            layers=layers, num_layers=model.config.num_hidden_layers, modules_to_save=[head]
+            layers=layers,
+            num_layers=model.config.num_hidden_layers,
+            modules_to_save=modules_to_save or [head],
         )
     raise InvalidInputError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
 
 def prepare_model(
-    model: PreTrainedModel, method: str, learning_rate: float | None = None, layers: list[int] | None = None
+    model: PreTrainedModel,
+    method: str,
+    learning_rate: float | None = None,
+    modules_to_save: list[str] | None = None,
+    layers: list[int] | None = None,
 ):
     """Make exactly the parameters of `method` trainable (its adapters on `layers`, default: the method's own).
     Returns (model, learning rate)."""
@@ -90,14 +103,15 @@ def prepare_model(
         raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
-        model = get_peft_model(model, peft_config(method, model, layers))
+        model = get_peft_model(model, peft_config(method, model, modules_to_save, layers))
     elif method == "probe":
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith(head + ".")
     else:
         model.requires_grad_(True)
-    warn_if_head_untrained(model)
+    if modules_to_save is None:  # a task that names its own modules (integration) trains no classifier
+        warn_if_head_untrained(model)
     return model, learning_rate
 
 

@@ -18,6 +18,7 @@ from .modeling_scgpt import (
     ScGPTModelOutput,
     ScGPTPreTrainedModel,
 )
+from .modeling_scgpt_integration import ScGPTBatchIntegrationOutput, ScGPTForBatchIntegration
 
 AutoConfig.register("scgpt", ScGPTConfig, exist_ok=True)
 AutoModel.register(ScGPTConfig, ScGPTModel, exist_ok=True)
@@ -27,8 +28,10 @@ AutoModelForMaskedLM.register(ScGPTConfig, ScGPTForMaskedExpressionModeling, exi
 __all__ = [
     "ConversionReport",
     "convert_scgpt_checkpoint",
+    "ScGPTBatchIntegrationOutput",
     "ScGPTCellClassifierOutput",
     "ScGPTConfig",
+    "ScGPTForBatchIntegration",
     "ScGPTForCellClassification",
     "ScGPTForMaskedExpressionModeling",
     "ScGPTMaskedExpressionOutput",

@@ -69,6 +69,24 @@ class ScGPTConfig(PretrainedConfig):
         class_weights (`list[float]`, *optional*):
             Per-class weights for the classification loss, e.g. inverse class frequencies of the training
             split.
+
+    Batch integration (scGPT's integration objective, used by [`ScGPTForBatchIntegration`]):
+
+        num_batch_labels (`int`, *optional*):
+            Number of batches (donors, sequencing runs) the batch modules know. Needed by the three below.
+        use_batch_labels (`bool`, defaults to `False`):
+            A batch-label embedding (`batch_encoder`) concatenated to the decoders' inputs, as scGPT does.
+        domain_spec_batchnorm (`bool`, defaults to `False`):
+            Domain-specific batch norm (`dsbn`, affine=False) on the input embeddings, one per batch.
+        use_batch_discriminator (`bool`, defaults to `False`):
+            scGPT's DAB: a batch classifier on the cell embedding behind a gradient-reversal layer
+            (`batch_discriminator`).
+        gep_weight / gepc_weight / ecs_weight / dab_weight (`float`, defaults to 1 / 1 / 10 / 1):
+            Weights of the integration loss terms (0 switches a term off): masked-value MSE of the expression
+            decoder (GEP), of the MVC decoder from the cell embedding (GEPC), elastic cell similarity (ECS) and
+            the discriminator's cross-entropy (DAB). The defaults are scGPT's integration tutorial.
+        ecs_threshold (`float`, defaults to 0.8):
+            Cosine similarity the ECS term pushes cell pairs away from (the tutorial's `ecs_thres`).
     """
 
     model_type = "scgpt"
@@ -99,6 +117,15 @@ class ScGPTConfig(PretrainedConfig):
         explicit_zero_prob: bool = False,
         class_weights: list[float] | None = None,
         initializer_range: float = 0.02,
+        num_batch_labels: int | None = None,
+        use_batch_labels: bool = False,
+        domain_spec_batchnorm: bool = False,
+        use_batch_discriminator: bool = False,
+        gep_weight: float = 1.0,
+        gepc_weight: float = 1.0,
+        ecs_weight: float = 10.0,
+        dab_weight: float = 1.0,
+        ecs_threshold: float = 0.8,
         **kwargs,
     ):
         if hidden_size % num_attention_heads != 0:
@@ -115,6 +142,10 @@ class ScGPTConfig(PretrainedConfig):
             raise ValueError(
                 f"pad_token_id ({pad_token_id}) and cls_token_id ({cls_token_id}) must be ids below "
                 f"vocab_size ({vocab_size})"
+            )
+        if (use_batch_labels or domain_spec_batchnorm or use_batch_discriminator) and not num_batch_labels:
+            raise ValueError(
+                "use_batch_labels, domain_spec_batchnorm and use_batch_discriminator need num_batch_labels >= 1"
             )
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
@@ -140,3 +171,12 @@ class ScGPTConfig(PretrainedConfig):
         self.explicit_zero_prob = explicit_zero_prob
         self.class_weights = class_weights
         self.initializer_range = initializer_range
+        self.num_batch_labels = num_batch_labels
+        self.use_batch_labels = use_batch_labels
+        self.domain_spec_batchnorm = domain_spec_batchnorm
+        self.use_batch_discriminator = use_batch_discriminator
+        self.gep_weight = gep_weight
+        self.gepc_weight = gepc_weight
+        self.ecs_weight = ecs_weight
+        self.dab_weight = dab_weight
+        self.ecs_threshold = ecs_threshold

@@ -21,20 +21,25 @@ from ...errors import InvalidInputError, MissingFileError
 from ...output_folders import check_out_dir, make_staging_dir, publish
 from .configuration_scgpt import ScGPTConfig
 from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
+from .modeling_scgpt_integration import ScGPTForBatchIntegration
 
 CHECKPOINT_FILE = "best_model.pt"
 ARGS_FILE = "args.json"
 VOCAB_FILE = "vocab.json"
 
-# Official module prefixes that our classes do not have (pretraining-only or batch-correction heads).
+# Official module prefixes that our classes do not have (pretraining-only, or the plain-batchnorm variant).
 _UNUSED_PREFIXES = (
     "flag_encoder.",
-    "batch_encoder.",
-    "dsbn.",
     "bn.",
-    "grad_reverse_discriminator.",
     "sim.",
 )
+# Batch-integration modules (use_batch_labels, domain_spec_batchnorm, do_dab): official prefix -> ours.
+_BATCH_RENAMES = {
+    "batch_encoder.": "batch_encoder.",
+    "dsbn.": "scgpt.dsbn.",
+    "grad_reverse_discriminator._decoder.": "batch_discriminator.layers.",
+    "grad_reverse_discriminator.out_layer.": "batch_discriminator.out_layer.",
+}
 _LAYER_KEY = re.compile(r"^transformer_encoder\.layers\.(\d+)\.(.+)$")
 _LAYER_RENAMES = {
     "self_attn.out_proj.weight": "attention.output.dense.weight",
@@ -164,7 +169,27 @@ def config_from_official(args: dict, vocab: dict, state: dict[str, torch.Tensor]
     )
     if "cls_decoder.out_layer.weight" in state:
         config.num_labels = state["cls_decoder.out_layer.weight"].shape[0]
+    _batch_modules_from_official(config, state)
     return config
+
+
+def _batch_modules_from_official(config: ScGPTConfig, state: dict[str, torch.Tensor]) -> None:
+    """Switch on the batch-integration modules the checkpoint has, with its number of batches."""
+    counts = {}
+    if "batch_encoder.embedding.weight" in state:
+        config.use_batch_labels = True
+        counts["batch_encoder"] = state["batch_encoder.embedding.weight"].shape[0]
+    dsbn_ids = {int(m.group(1)) for key in state if (m := re.match(r"^dsbn\.bns\.(\d+)\.", key))}
+    if dsbn_ids:
+        config.domain_spec_batchnorm = True
+        counts["dsbn"] = len(dsbn_ids)
+    if "grad_reverse_discriminator.out_layer.weight" in state:
+        config.use_batch_discriminator = True
+        counts["grad_reverse_discriminator"] = state["grad_reverse_discriminator.out_layer.weight"].shape[0]
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"The checkpoint's batch modules disagree on the number of batches: {counts}")
+    if counts:
+        config.num_batch_labels = next(iter(counts.values()))
 
 
 def rename_official_keys(
@@ -204,6 +229,8 @@ def rename_official_keys(
                     "(self_attn.Wqkv.weight/bias) and PyTorch (self_attn.in_proj_weight/bias), each with "
                     "self_attn.out_proj; is this a scGPT TransformerModel checkpoint?"
                 )
+        elif batch_prefix := next((p for p in _BATCH_RENAMES if key.startswith(p)), None):
+            renamed[_BATCH_RENAMES[batch_prefix] + key.removeprefix(batch_prefix)] = tensor
         elif key.startswith(_UNUSED_PREFIXES):
             unused.append(key)
         else:
@@ -220,7 +247,9 @@ def convert_scgpt_checkpoint(
 
     Checkpoints without a classification head become `ScGPTForMaskedExpressionModeling` (gene embeddings,
     encoder, expression and MVC decoders); fine-tuned annotation checkpoints with a `cls_decoder` become
-    `ScGPTForCellClassification`, whose head is named `classifier` (transformers' and peft's name). Either loads into the other class with the heads it lacks initialised.
+    `ScGPTForCellClassification`, whose head is named `classifier` (transformers' and peft's name); integration
+    checkpoints (batch embedding or discriminator) become `ScGPTForBatchIntegration`. Each loads into the others
+    with the heads it lacks initialised.
     Everything is written to a temporary folder first, so a failure leaves `out_dir` untouched.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -243,10 +272,15 @@ def convert_scgpt_checkpoint(
     config = config_from_official(args, vocab, state)
     renamed, unused, layout = rename_official_keys(state, config.hidden_size)
     has_classifier = "classifier.out_layer.weight" in renamed
-    model_class = ScGPTForCellClassification if has_classifier else ScGPTForMaskedExpressionModeling
+    has_batch_heads = config.use_batch_labels or config.use_batch_discriminator
+    if has_batch_heads:  # an integration checkpoint; official models always carry an (untrained) cls_decoder
+        model_class, head_only = ScGPTForBatchIntegration, ("classifier.",)
+    elif has_classifier:
+        model_class, head_only = ScGPTForCellClassification, ("decoder.", "mvc_decoder.")
+    else:
+        model_class, head_only = ScGPTForMaskedExpressionModeling, ("classifier.",)
     config.architectures = [model_class.__name__]
     model = model_class(config)
-    head_only = ("decoder.", "mvc_decoder.") if has_classifier else ("classifier.",)
     unused += [key for key in renamed if key.startswith(head_only)]
     renamed = {key: value for key, value in renamed.items() if not key.startswith(head_only)}
     result = model.load_state_dict(renamed, strict=False)

@@ -20,6 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from ..heads import CLASSIFIER_NAME, LEGACY_CLASSIFIER_NAMES, warn_if_head_frozen
+from .batch_modules import ScGPTDomainSpecificBatchNorm
 from .configuration_scgpt import ScGPTConfig
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -361,6 +362,11 @@ class ScGPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            # DSBN has buffers only (affine=False), and base checkpoints lack them.
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
 
 
 class ScGPTModel(ScGPTPreTrainedModel):
@@ -369,6 +375,8 @@ class ScGPTModel(ScGPTPreTrainedModel):
     def __init__(self, config: ScGPTConfig):
         super().__init__(config)
         self.embeddings = ScGPTEmbeddings(config)
+        if config.domain_spec_batchnorm:
+            self.dsbn = ScGPTDomainSpecificBatchNorm(config)
         self.encoder = ScGPTEncoder(config)
         self.post_init()
 
@@ -387,6 +395,7 @@ class ScGPTModel(ScGPTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        batch_labels: torch.LongTensor | None = None,
     ) -> ScGPTModelOutput | tuple:
         r"""
         Args:
@@ -395,6 +404,7 @@ class ScGPTModel(ScGPTPreTrainedModel):
             attention_mask: `[batch, seq_len]`, 1 for real tokens and 0 for padding. Derived from
                 `input_ids != pad_token_id` when omitted.
             inputs_embeds: `[batch, seq_len, hidden]` raw gene embeddings to use instead of looking up `input_ids`.
+            batch_labels: `[batch]` batch index of each cell (`config.domain_spec_batchnorm` only; -1 = unseen batch).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
@@ -418,6 +428,12 @@ class ScGPTModel(ScGPTPreTrainedModel):
         keep = attention_mask.bool()
 
         embedding_output, gene_embeddings = self.embeddings(input_ids, values, inputs_embeds)
+        if self.config.domain_spec_batchnorm:
+            if batch_labels is None:
+                raise ValueError(
+                    "this model has domain-specific batch norm: pass batch_labels ([batch], long)"
+                )
+            embedding_output = self.dsbn(embedding_output, batch_labels.view(-1).to(keep.device), keep)
         # Broadcast over heads and queries; None lets SDPA pick its fastest kernel when nothing is padded.
         layer_mask = None if bool(keep.all()) else keep[:, None, None, :]
         encoded = self.encoder(
@@ -474,8 +490,13 @@ class ScGPTClsDecoder(nn.Module):
         return self.out_layer(cell_embedding)
 
 
-def _expression_mlp(d: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1))
+def _expression_mlp(d_in: int, d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d), nn.LeakyReLU(), nn.Linear(d, d), nn.LeakyReLU(), nn.Linear(d, 1))
+
+
+def _decoder_input_size(config: ScGPTConfig) -> int:
+    """With batch labels, scGPT's decoders read [output; batch embedding]: twice the hidden size."""
+    return 2 * config.hidden_size if config.use_batch_labels else config.hidden_size
 
 
 class ScGPTExprDecoder(nn.Module):
@@ -483,9 +504,9 @@ class ScGPTExprDecoder(nn.Module):
 
     def __init__(self, config: ScGPTConfig):
         super().__init__()
-        self.fc = _expression_mlp(config.hidden_size)
+        self.fc = _expression_mlp(_decoder_input_size(config), config.hidden_size)
         if config.explicit_zero_prob:
-            self.zero_logit = _expression_mlp(config.hidden_size)
+            self.zero_logit = _expression_mlp(_decoder_input_size(config), config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         prediction = self.fc(hidden_states).squeeze(-1)
@@ -502,9 +523,9 @@ class ScGPTMVCDecoder(nn.Module):
         d = config.hidden_size
         self.gene2query = nn.Linear(d, d)
         self.query_activation = nn.Sigmoid()
-        self.W = nn.Linear(d, d, bias=False)
+        self.W = nn.Linear(d, _decoder_input_size(config), bias=False)
         if config.explicit_zero_prob:
-            self.W_zero_logit = nn.Linear(d, d)
+            self.W_zero_logit = nn.Linear(d, _decoder_input_size(config))
 
     def forward(
         self, cell_embedding: torch.Tensor, gene_embeddings: torch.Tensor
