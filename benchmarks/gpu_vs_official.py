@@ -1,4 +1,4 @@
-# Device command (repo root): python benchmarks/gpu_vs_official.py --official-wheel .official/scpeft-0.1.2-py3-none-any.whl --loralib-wheel .official/loralib-0.1.2-py3-none-any.whl --time-budget-s 180
+# Device command (repo root; results come back in $OUT, copy them to benchmarks/results/): python benchmarks/gpu_vs_official.py --official-wheel .official/scpeft-0.1.2-py3-none-any.whl --loralib-wheel .official/loralib-0.1.2-py3-none-any.whl --time-budget-s 180 --out "$OUT"
 """Our scGPT + peft tuners beside the official scPEFT 0.1.2 model code, in one process on one device.
 
 For every method (full, encoder, token, prefix, lora), ours and official, at scGPT-human size (d 512, 12 layers,
@@ -198,15 +198,16 @@ def training_step_run(args, code: str, method: str, layers=None, checkpointing=F
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     batch, labels = cell_batch(config, args.batch_size, args.seq_len, device)
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
+    def forward_loss():
         with autocast:
             if code == "ours":
-                loss = model(**batch, labels=labels).loss
-            else:
-                output = model(batch["input_ids"], batch["values"], ~batch["attention_mask"].bool(), CLS=True)
-                loss = F.cross_entropy(output["cls_output"], labels)
-        loss.backward()
+                return model(**batch, labels=labels).loss
+            output = model(batch["input_ids"], batch["values"], ~batch["attention_mask"].bool(), CLS=True)
+            return F.cross_entropy(output["cls_output"], labels)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        forward_loss().backward()
         optimizer.step()
 
     wall, _ = timed_steps(step, args.steps, args.warmup, device)
@@ -225,7 +226,25 @@ def training_step_run(args, code: str, method: str, layers=None, checkpointing=F
             peak_mib=mib(torch.cuda.max_memory_allocated()),
             peak_reserved_mib=mib(torch.cuda.max_memory_reserved()),
         )
+    optimizer.zero_grad(set_to_none=True)  # after the peak was read: one more forward, without gradients held
+    row["saved_for_backward_mib"], row["saved_tensors"] = saved_for_backward(forward_loss)
     return row
+
+
+def saved_for_backward(forward_loss) -> tuple[float, int]:
+    """MiB and count of the distinct storages autograd keeps for the backward pass of one forward (activations
+    and autocast's low-precision weight copies): where activation memory goes, measured on any device."""
+    storages: dict[tuple, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), tensor.device)] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = forward_loss()
+    del loss
+    return mib(sum(storages.values())), len(storages)
 
 
 def build_model_config(sizes: dict):
@@ -383,7 +402,9 @@ def write_report(results: dict, args, out: Path) -> None:
         f"{sizes['vocab_size']:,}; {NUM_LABELS}-class head; AdamW (lr 1e-4) on the trainable parameters; batch "
         f"{args.batch_size} x {args.seq_len} genes without padding; {args.warmup} warm-up + {args.steps} timed steps "
         "(median, IQR). Memory: `torch.cuda.max_memory_allocated` from before the model is built (weights, "
-        "gradients, AdamW states, activations); 'after step' is what stays allocated between steps. Official: the "
+        "gradients, AdamW states, activations); 'after step' is what stays allocated between steps; 'saved for "
+        "backward' sums the distinct storages autograd keeps from one forward (activations and autocast's bf16 "
+        "weight copies). Official: the "
         "wheel's `TransformerModel` with `PeftConfig(use_default_settings=True)`'s settings and scPEFT's "
         "Identification freezing; ours: the config defaults (same placement: first half of the layers).",
         f"Run stopped early: {results['stopped']}" if results.get("stopped") else "",
@@ -391,8 +412,9 @@ def write_report(results: dict, args, out: Path) -> None:
         "## Training step, same settings",
         "",
         "| method | official step (ms) | ours step (ms) | ours / official | official peak MiB | ours peak MiB | "
-        "official after step MiB | ours after step MiB | official trainable | ours trainable |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "official after step MiB | ours after step MiB | official saved for backward MiB | ours saved for backward "
+        "MiB | official trainable | ours trainable |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method in METHODS:
         mine, theirs = ours.get(method, {}), official.get(method, {})
@@ -401,7 +423,8 @@ def write_report(results: dict, args, out: Path) -> None:
             f"| {method} | {fmt(theirs.get('median_ms'), '.1f')} ± {fmt(theirs.get('iqr_ms'), '.1f')} | "
             f"{fmt(mine.get('median_ms'), '.1f')} ± {fmt(mine.get('iqr_ms'), '.1f')} | {fmt(ratio, '.2f')} | "
             f"{fmt(theirs.get('peak_mib'))} | {fmt(mine.get('peak_mib'))} | {fmt(theirs.get('after_step_mib'))} | "
-            f"{fmt(mine.get('after_step_mib'))} | {fmt(theirs.get('trainable_params'))} | "
+            f"{fmt(mine.get('after_step_mib'))} | {fmt(theirs.get('saved_for_backward_mib'))} | "
+            f"{fmt(mine.get('saved_for_backward_mib'))} | {fmt(theirs.get('trainable_params'))} | "
             f"{fmt(mine.get('trainable_params'))} |"
         )
     full = ours.get("full")
@@ -484,8 +507,9 @@ def main() -> None:
     for wheel in (args.official_wheel, args.loralib_wheel):
         if wheel is not None and not wheel.is_file():
             parser.error(f"{wheel} does not exist; download it with `pip download --no-deps` (see --help)")
+    shown = [part for index, part in enumerate(sys.argv[1:]) if "--out" not in sys.argv[index : index + 2]]
     command = "python benchmarks/gpu_vs_official.py " + " ".join(
-        Path(part).name if part.endswith(".whl") else part for part in sys.argv[1:]
+        Path(part).name if part.endswith(".whl") else part for part in shown
     )
     results = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from .errors import InvalidInputError, MissingFileError, OutputExistsError, ScpeftUserError
+from .tasks.training_knobs import PRECISIONS
 
 INPUT_KINDS = ("auto", "counts", "log1p")
 VERBOSE_HELP = "log progress details, and show the traceback of any error"
@@ -61,14 +62,10 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .output_folders import check_out_dir
-    from .tasks.annotation import TrainingSettings, train_annotation
-    from .tasks.backbones import SpeciesSettings
+def _training_settings(args: argparse.Namespace):
+    from .tasks.annotation import TrainingSettings
 
-    check_out_dir(Path(args.out), args.overwrite, inputs=[args.data])
-
-    settings = TrainingSettings(
+    return TrainingSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,
@@ -79,7 +76,21 @@ def _train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         min_cells_per_class=args.min_cells_per_class,
         baseline=not args.no_baseline,
+        adapter_layers=args.adapter_layers,
+        precision=args.precision,
+        torch_compile=args.torch_compile,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .output_folders import check_out_dir
+    from .tasks.annotation import train_annotation
+    from .tasks.backbones import SpeciesSettings
+
+    check_out_dir(Path(args.out), args.overwrite, inputs=[args.data])
+
+    settings = _training_settings(args)
     result = train_annotation(
         _read_h5ad(args.data),
         label_key=args.label_key,
@@ -366,6 +377,37 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """Memory and speed knobs of the training commands, each recorded in run_info.json."""
+    parser.add_argument(
+        "--adapter-layers",
+        default=None,
+        help="encoder layers that get the encoder adapter, prefix or LoRA: 'paper' (the first half, the default), "
+        "'all', or indices and ranges such as '6-11' or '0,2,4-5'. Adapters on upper layers only stop "
+        "backpropagation below them. Not for token (it sits on the input), full or probe",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: less memory, slower steps",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="mixed precision: auto = bf16 on a CUDA GPU that supports it, else fp32; fp16 needs a CUDA GPU",
+    )
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="compile the model with torch.compile (inductor)"
+    )
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        help="sum gradients over this many batches per optimizer step (effective batch = batch size x this)",
+    )
+
+
 def _add_species_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--species",
@@ -454,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the logistic-regression baseline fitted on the same split (reported in metrics.json)",
     )
-    train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    _add_speed_options(train)
     _add_species_option(train)
     train.add_argument(
         "--ortholog-table",

@@ -18,6 +18,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from peft import PeftModel
 from transformers import (
+    AutoConfig,
     EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
@@ -43,11 +44,12 @@ from .backbones import (
 from .baseline import DEFAULT_TIME_LIMIT, logistic_regression_baseline
 from .card import render_adapter_card
 from .inference import run_model
-from .methods import METHODS, head_overrides, prepare_model
+from .methods import METHODS, PEFT_METHODS, head_overrides, parse_adapter_layers, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, normalise_test_groups, split_cells
 from .trained import RUN_INFO, load_trained_model
+from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class TrainingSettings:
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     gradient_checkpointing: bool = False
+    adapter_layers: str | None = None  # "paper", "all", "6-11", ...; None: the method's default
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    torch_compile: bool = False
+    gradient_accumulation_steps: int = 1
     logging_steps: int = 10
     min_cells_per_class: int | None = None  # drop rarer classes before splitting (None: keep all)
     baseline: bool = True  # fit the logistic-regression baseline on the same split (see tasks/baseline.py)
@@ -175,6 +181,9 @@ def train_annotation(
     settings = settings or TrainingSettings()
     if method not in METHODS:
         raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    knob_arguments = trainer_arguments(
+        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
+    )
     check_labels(adata, label_key)
     if split_key is not None and split_key not in adata.obs:
         raise MissingKeyError(f"Split column '{split_key}' is not in adata.obs")
@@ -186,6 +195,8 @@ def train_annotation(
     if dropped_classes:
         check_labels(adata, label_key)
     base_dir = resolve_base(base)
+    num_layers = AutoConfig.from_pretrained(base_dir).num_hidden_layers
+    layers = parse_adapter_layers(settings.adapter_layers, num_layers, method)
     processor = load_processor(
         base_dir,
         input_kind=input_kind,
@@ -226,7 +237,13 @@ def train_annotation(
         fingerprint = backbone_fingerprint(model)
         if settings.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model, learning_rate = prepare_model(model, method, settings.learning_rate)
+        model, learning_rate = prepare_model(model, method, settings.learning_rate, layers=layers)
+        # where the adapters went (the default filled in); None for token, full and probe
+        placed = (
+            getattr(model.peft_config["default"], "layers_to_transform", None)
+            if method in PEFT_METHODS
+            else None
+        )
         trainable, total = count_parameters(model)
         logger.info("%s: %s trainable of %s parameters", method, f"{trainable:,}", f"{total:,}")
 
@@ -253,7 +270,7 @@ def train_annotation(
                 remove_unused_columns=False,
                 label_names=["labels"],
                 use_cpu=not torch.cuda.is_available(),
-                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                **knob_arguments,
                 **settings.extra_training_args,
             ),
             train_dataset=datasets["train"],
@@ -271,7 +288,7 @@ def train_annotation(
         if resume:
             logger.info("resuming from %s", last or "the start: no checkpoint was left")
         training_started = True
-        trainer.train(resume_from_checkpoint=last)
+        train_loss = trainer.train(resume_from_checkpoint=last).training_loss
         train_seconds = time.perf_counter() - started
 
         # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the
@@ -281,7 +298,9 @@ def train_annotation(
         test_labels = np.asarray(datasets["test"]["labels"])
         predictions = logits.argmax(-1)
         metrics = {f"test_{k}": v for k, v in classification_metrics(test_labels, predictions).items()}
-        metrics.update(trainable_params=trainable, total_params=total, train_seconds=train_seconds)
+        metrics.update(
+            trainable_params=trainable, total_params=total, train_seconds=train_seconds, train_loss=train_loss
+        )
         metrics["best_validation_macro_f1"] = trainer.state.best_metric
         state.wait_for_everyone()  # all ranks are done with the checkpoints before they are removed
         if not trainer.is_world_process_zero():
@@ -316,7 +335,12 @@ def train_annotation(
                     "test_groups": test_groups,
                     "dropped_classes": dropped_classes,
                     "training": asdict(settings)
-                    | {"learning_rate": learning_rate, "world_size": trainer.args.world_size},
+                    | {"learning_rate": learning_rate, "world_size": trainer.args.world_size}
+                    | {
+                        "adapter_layers_placed": placed,
+                        "precision_used": resolve_precision(settings.precision),
+                    }
+                    | {"optimizer_steps": trainer.state.global_step},
                 },
                 indent=2,
             )

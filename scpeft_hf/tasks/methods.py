@@ -18,11 +18,13 @@ from transformers import PreTrainedModel
 
 from ..errors import InvalidInputError
 from ..tuners import EncoderAdapterConfig, PrefixAdapterConfig, TokenAdapterConfig, scpeft_lora_config
-from ..tuners.targets import upgrade_legacy_modules_to_save
+from ..tuners.targets import first_half_of_layers, upgrade_legacy_modules_to_save
 
 logger = logging.getLogger(__name__)
 
 PEFT_METHODS = ("encoder", "token", "prefix", "lora")
+# Methods whose adapters sit in encoder layers, so that `--adapter-layers` can place them.
+LAYERED_METHODS = ("encoder", "prefix", "lora")
 METHODS = (*PEFT_METHODS, "full", "probe")
 
 # Adapters and heads start from scratch and tolerate larger steps than pretrained weights do.
@@ -60,19 +62,59 @@ def keep_backbone_in_eval(model: PreTrainedModel, head: str):
     return model.register_forward_pre_hook(_backbone_to_eval)
 
 
-def peft_config(method: str, model: PreTrainedModel, modules_to_save: list[str] | None = None) -> PeftConfig:
+def parse_adapter_layers(spec: str | None, num_layers: int, method: str) -> list[int] | None:
+    """The encoder layers named by `spec` ("paper": the first half, as scPEFT; "all"; or indices and ranges such
+    as "6-11" or "0,2,4-5"), for a model with `num_layers` layers. None keeps the method's default."""
+    if spec is None:
+        return None
+    if method not in LAYERED_METHODS:
+        reason = "the token adapter sits on the input embedding, before any layer"
+        raise InvalidInputError(
+            f"--adapter-layers does not apply to --method {method}: "
+            + (reason if method == "token" else f"{method} has no adapter")
+        )
+    if spec == "paper":
+        return first_half_of_layers(num_layers)
+    if spec == "all":
+        return list(range(num_layers))
+    layers: set[int] = set()
+    try:
+        for part in spec.split(","):
+            start, _, end = part.strip().partition("-")
+            layers.update(range(int(start), int(end or start) + 1))
+    except ValueError:
+        layers = set()
+    outside = sorted(index for index in layers if not 0 <= index < num_layers)
+    if not layers or outside:
+        problem = f"layers {outside} are outside" if outside else "names no layer of"
+        raise InvalidInputError(
+            f"--adapter-layers {spec!r} {problem} the model's {num_layers} layers (0-{num_layers - 1}); use e.g. "
+            f"'{num_layers // 2}-{num_layers - 1}', 'all' or 'paper' (the first half)"
+        )
+    return sorted(layers)
+
+
+def peft_config(
+    method: str,
+    model: PreTrainedModel,
+    modules_to_save: list[str] | None = None,
+    layers: list[int] | None = None,
+) -> PeftConfig:
     """The adapter config of `method` with our documented defaults, for this model. `modules_to_save` replaces
-    the default (the model type's task head) with the modules a task trains next to the adapter."""
+    the default (the model type's task head) with the modules a task trains next to the adapter; `layers` places
+    the encoder adapter, prefix or LoRA (None: the first half)."""
     if method == "encoder":
-        return EncoderAdapterConfig(modules_to_save=modules_to_save)
+        return EncoderAdapterConfig(modules_to_save=modules_to_save, layers_to_transform=layers)
     if method == "token":
         return TokenAdapterConfig(modules_to_save=modules_to_save)
     if method == "prefix":
-        return PrefixAdapterConfig(modules_to_save=modules_to_save)
+        return PrefixAdapterConfig(modules_to_save=modules_to_save, layers_to_transform=layers)
     if method == "lora":
         head = TASK_HEADS.get(model.config.model_type)
         return scpeft_lora_config(
-            num_layers=model.config.num_hidden_layers, modules_to_save=modules_to_save or [head]
+            layers=layers,
+            num_layers=model.config.num_hidden_layers,
+            modules_to_save=modules_to_save or [head],
         )
     raise InvalidInputError(f"{method!r} is not an adapter method; adapters are {', '.join(PEFT_METHODS)}")
 
@@ -82,13 +124,15 @@ def prepare_model(
     method: str,
     learning_rate: float | None = None,
     modules_to_save: list[str] | None = None,
+    layers: list[int] | None = None,
 ):
-    """Make exactly the parameters of `method` trainable. Returns (model, learning rate)."""
+    """Make exactly the parameters of `method` trainable (its adapters on `layers`, default: the method's own).
+    Returns (model, learning rate)."""
     if method not in METHODS:
         raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     learning_rate = learning_rate if learning_rate is not None else DEFAULT_LEARNING_RATES[method]
     if method in PEFT_METHODS:
-        model = get_peft_model(model, peft_config(method, model, modules_to_save))
+        model = get_peft_model(model, peft_config(method, model, modules_to_save, layers))
     elif method == "probe":
         head = TASK_HEADS[model.config.model_type]
         for name, parameter in model.named_parameters():
