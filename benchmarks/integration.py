@@ -21,18 +21,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-COLUMNS = (
-    "nmi",
-    "ari",
-    "asw_label",
-    "asw_batch",
-    "graph_conn",
-    "ilisi",
-    "clisi",
-    "avg_bio",
-    "avg_batch",
-    "overall",
-)
 
 
 def run_method(method: str, data: Path, workdir: Path, args: argparse.Namespace) -> dict:

@@ -207,8 +207,8 @@ def test_missing_or_incomplete_label_column_is_an_error():
         processor,
         adata,
         KeyError,
-        r"label_key='cell_type' is not an obs column; obs columns are \['bulk_labels'",
-        label_key="cell_type",
+        r"label_key='celltype' is not an obs column; obs columns are \['bulk_labels'",
+        label_key="celltype",
     )
     adata.obs["partial"] = adata.obs["bulk_labels"].astype(object)
     adata.obs.loc[adata.obs_names[:3], "partial"] = None
