@@ -198,7 +198,7 @@ def render_markdown(results: dict) -> str:
         f"Machine: {results['machine']}. Written by `benchmarks/annotation_quality.py` on {results['date']}.",
         "",
         "Budget: the same for every method and split of a dataset (given under each dataset), default learning "
-        "rates (1e-3 adapters and probe, 1e-4 full), chosen after timing one configuration (the demo trains 8-10 "
+        "rates (1e-3 adapters and probe, 1e-4 full), chosen after timing one configuration (the demo trains 4-5 "
         "epochs). " + results.get("note", ""),
         "",
         "Logistic regression: `LogisticRegression(C=1.0, max_iter=1000, class_weight='balanced')` on "

@@ -14,7 +14,7 @@ from .card import render_adapter_card
 from .pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
 # Epoch budgets per method (early stopping on validation macro-F1 may end sooner).
-DEMO_EPOCHS = {"encoder": 10, "probe": 10, "full": 8}
+DEMO_EPOCHS = {"encoder": 5, "probe": 5, "full": 4}
 
 
 def format_table(rows: dict[str, dict]) -> str:
