@@ -288,7 +288,12 @@ def train_annotation(
         if resume:
             logger.info("resuming from %s", last or "the start: no checkpoint was left")
         training_started = True
-        train_loss = trainer.train(resume_from_checkpoint=last).training_loss
+        first_step = int(Path(last).name.rsplit("-", 1)[-1]) if last else 0
+        output = trainer.train(resume_from_checkpoint=last)
+        # Trainer divides this process's summed loss by all steps; report the mean over the steps run here
+        # (after a resume, the resumed steps only).
+        steps_here = max(1, trainer.state.global_step - first_step)
+        train_loss = output.training_loss * trainer.state.global_step / steps_here
         train_seconds = time.perf_counter() - started
 
         # Every rank evaluates its share of the test cells; `predict` gathers them in order, without the

@@ -136,14 +136,32 @@ def select_hvgs(adata: ad.AnnData, candidates: np.ndarray, batch_key: str, n_top
         import skmisc  # noqa: F401  (seurat_v3's loess)
     except ImportError as err:
         raise MissingDependencyError(f"seurat_v3 gene selection needs scikit-misc: {INSTALL_HINT}") from err
-    subset = ad.AnnData(adata[:, candidates].X.astype(np.float32), obs=adata.obs[[batch_key]].copy())
-    subset.var_names = np.asarray(adata.var_names[candidates]).astype(str)
+    # Seurat's min.cells = 3: genes seen in fewer cells make seurat_v3's per-batch loess fit singular.
+    counts = adata[:, candidates].X
+    detected = np.asarray((counts > 0).sum(axis=0)).ravel()
+    subset = ad.AnnData(counts[:, detected >= 3].astype(np.float32), obs=adata.obs[[batch_key]].copy())
+    subset.var_names = np.asarray(adata.var_names[candidates])[detected >= 3].astype(str)
     n_top_genes = min(n_top_genes, subset.n_vars)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = sc.pp.highly_variable_genes(
-            subset, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, inplace=False
-        )
+        try:
+            table = sc.pp.highly_variable_genes(
+                subset, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, inplace=False
+            )
+        except ValueError:  # the loess is still singular in some batch: keep genes every batch expresses
+            batches = subset.obs[batch_key].astype(str).to_numpy()
+            in_every_batch = np.all(
+                [
+                    np.asarray((subset.X[batches == b] > 0).sum(axis=0)).ravel() > 0
+                    for b in np.unique(batches)
+                ],
+                axis=0,
+            )
+            subset = subset[:, in_every_batch].copy()
+            table = sc.pp.highly_variable_genes(
+                subset, flavor="seurat_v3", n_top_genes=min(n_top_genes, subset.n_vars), batch_key=batch_key,
+                inplace=False,
+            )  # fmt: skip
     return subset.var_names[table["highly_variable"].to_numpy()].tolist()
 
 
