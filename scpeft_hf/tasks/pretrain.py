@@ -31,6 +31,7 @@ DEMO_SPLIT_SEED = 0
 PRETRAINING_CELLS = "pretraining_cells.txt"
 PRETRAINED_GENES = "pretrained_genes.txt"
 PRETRAINING_METRICS = "pretraining_metrics.json"
+GENE_EMBEDDING = "scgpt.embeddings.gene_encoder.embedding.weight"
 # How each dataset's coverage is reported in the card: name -> (loader, species)
 COVERAGE_DATASETS = ("pbmc68k_reduced", "baron_human", "baron_mouse")
 
@@ -310,9 +311,10 @@ def package_backbone(pool_path: Path, run: Path, out: Path) -> None:
     weights = {}
     for shard in sorted(run.glob("model*.safetensors")):
         weights.update(load_file(shard))
-    save_file(
-        {k: v.float().contiguous() for k, v in weights.items()}, out / "model.safetensors", {"format": "pt"}
-    )
+    # The gene embedding (50k x d) is stored in float16 so the embedded file stays under 20 MB; the rounding is
+    # ~1e-4 and from_pretrained loads it as float32 (config dtype). Every other tensor stays float32.
+    stored = {k: (v.half() if k == GENE_EMBEDDING else v.float()).contiguous() for k, v in weights.items()}
+    save_file(stored, out / "model.safetensors", {"format": "pt"})
     ScGPTProcessor(
         vocab, input_kind="auto", max_length=settings["max_length"], seed=settings["seed"]
     ).save_pretrained(out)
