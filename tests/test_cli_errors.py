@@ -19,7 +19,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def buggy(*args, **kwargs):
         raise KeyError("internal_state")  # a plain KeyError is a bug, not bad input
 
-    monkeypatch.setattr("scpeft_hf.cli._read_h5ad", lambda path: None)
+    monkeypatch.setattr("scpeft_hf.cli.inference.read_h5ad", lambda path: None)
     monkeypatch.setattr(scpeft_hf.tasks.embedding, "embed_cells", buggy)
     with pytest.raises(KeyError, match="internal_state"):
         cli_main(["embed", "--data", str(data), "--out", str(tmp_path / "out.h5ad")])

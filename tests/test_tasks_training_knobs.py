@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from transformers import TrainingArguments
 
-from scpeft_hf.cli import _training_settings, build_parser
+from scpeft_hf.cli import training_settings, build_parser
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.errors import InvalidInputError
 from scpeft_hf.tasks.methods import parse_adapter_layers
@@ -57,7 +57,7 @@ def test_cli_flags_reach_training_arguments(tmp_path):
         ["train", "--data", "x.h5ad", "--label-key", "y", "--out", "o", "--adapter-layers", "6-11",
          "--gradient-checkpointing", "--precision", "bf16", "--torch-compile", "--gradient-accumulation-steps", "4"]
     )  # fmt: skip
-    settings = _training_settings(args)
+    settings = training_settings(args)
     assert (settings.adapter_layers, settings.gradient_checkpointing, settings.precision) == (
         "6-11",
         True,
@@ -70,7 +70,7 @@ def test_cli_flags_reach_training_arguments(tmp_path):
     training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **knobs)
     assert training_args.torch_compile and training_args.bf16 and not training_args.fp16
     assert training_args.gradient_accumulation_steps == 4
-    defaults = _training_settings(
+    defaults = training_settings(
         build_parser().parse_args(["train", "--data", "x", "--label-key", "y", "--out", "o"])
     )
     assert (defaults.adapter_layers, defaults.precision, defaults.torch_compile) == (None, "auto", False)

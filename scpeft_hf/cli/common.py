@@ -1,0 +1,107 @@
+"""What the commands share: reading and writing .h5ad files safely, and the option groups of several commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InvalidInputError, MissingFileError, OutputExistsError
+from ..tasks.training_knobs import PRECISIONS
+
+INPUT_KINDS = ("auto", "counts", "log1p")
+VERBOSE_HELP = "log progress details, and show the traceback of any error"
+
+
+def read_h5ad(path: str):
+    import anndata as ad
+
+    if not Path(path).is_file():
+        raise MissingFileError(f"--data {path} does not exist; pass the path of an .h5ad file")
+    try:
+        adata = ad.read_h5ad(path)
+    except OSError as err:  # h5py: truncated, not HDF5, or unreadable
+        raise InvalidInputError(
+            f"--data {path} cannot be read as .h5ad ({str(err).splitlines()[0]}); the file is damaged or not an "
+            "AnnData file: write it again with adata.write_h5ad()"
+        ) from err
+    if adata.n_obs == 0:
+        raise InvalidInputError(f"--data {path} has 0 cells; pass a file with at least one cell")
+    return adata
+
+
+def check_out_file(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing --out file unless --overwrite; called before any work starts."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(f"--out {path} is a folder; pass the path of the .h5ad file to write")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"--out {path} exists; choose another file or pass --overwrite to replace it")
+
+
+def write_h5ad(adata, path: str) -> None:
+    """Write through a temporary file so a failure never leaves a half-written .h5ad."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        adata.write_h5ad(partial)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default 10)")
+    parser.add_argument("--batch-size", type=int, default=32, help="cells per training step (default 32)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: 1e-3 for adapters and probe, 1e-4 for full)",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="genes per cell incl. <cls> (default: the processor's)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and sampling")
+    parser.add_argument(
+        "--patience", type=int, default=3, help="early-stopping patience in epochs (default 3)"
+    )
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """Memory and speed knobs of the training commands, each recorded in run_info.json."""
+    parser.add_argument(
+        "--adapter-layers",
+        default=None,
+        help="encoder layers that get the encoder adapter, prefix or LoRA: 'paper' (the first half, the default), "
+        "'all', or indices and ranges such as '6-11' or '0,2,4-5'. Adapters on upper layers only stop "
+        "backpropagation below them. Not for token (it sits on the input), full or probe",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: less memory, slower steps",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="mixed precision: auto = bf16 on a CUDA GPU that supports it, else fp32; fp16 needs a CUDA GPU",
+    )
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="compile the model with torch.compile (inductor)"
+    )
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        help="sum gradients over this many batches per optimizer step (effective batch = batch size x this)",
+    )
+
+
+def add_species_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--species",
+        default=None,
+        help="species of the cells (e.g. mouse): genes are mapped to human symbols through an ortholog table and "
+        "matched case-exactly (default: matched as given, with a case-insensitive fallback)",
+    )
