@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import BertConfig
 
 from ...errors import InvalidInputError
@@ -109,7 +110,7 @@ def geneformer_config(preset: str, **overrides: Any) -> GeneformerConfig:
         raise InvalidInputError(
             f"Unknown Geneformer preset {preset!r}; choose one of {', '.join(GENEFORMER_PRESETS)}"
         )
-    return GeneformerConfig(**{**GENEFORMER_PRESETS[preset], **overrides})
+    return _build({**GENEFORMER_PRESETS[preset], **overrides})
 
 
 def geneformer_config_from_bert(config: BertConfig | Mapping[str, Any], **overrides: Any) -> GeneformerConfig:
@@ -126,4 +127,12 @@ def geneformer_config_from_bert(config: BertConfig | Mapping[str, Any], **overri
             "'geneformer')"
         )
     fields.pop("transformers_version", None)
-    return GeneformerConfig.from_dict({**fields, **overrides})
+    return _build({**fields, **overrides})
+
+
+def _build(fields: dict[str, Any]) -> GeneformerConfig:
+    """`GeneformerConfig.from_dict`, with a bad field reported as one line that names it."""
+    try:
+        return GeneformerConfig.from_dict(fields)
+    except StrictDataclassError as err:
+        raise InvalidInputError(f"Bad Geneformer config field: {err.__cause__ or err}") from err
