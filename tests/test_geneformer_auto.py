@@ -100,7 +100,7 @@ def test_bert_config_round_trip_keeps_every_field():
     assert type(bert) is BertConfig and not hasattr(bert, "cell_emb_style")
     back = geneformer_config_from_bert(bert, cell_emb_style="mean", class_weights=[1.0, 2.0, 0.5])
     assert back.to_dict() == config.to_dict()
-    with pytest.raises(InvalidInputError, match="'roberta' config is not Geneformer's"):
+    with pytest.raises(InvalidInputError, match="^The config holds a 'roberta' model; Geneformer"):
         geneformer_config_from_bert({"model_type": "roberta"})
 
 

@@ -21,6 +21,7 @@ from .configuration_geneformer import (
     GeneformerConfig,
     geneformer_config,
     geneformer_config_from_bert,
+    read_geneformer_config,
 )
 from .modeling_geneformer import (
     GeneformerForCellClassification,
@@ -31,7 +32,6 @@ from .modeling_geneformer import (
     check_vocab_size,
     load_geneformer,
     pool_cell_embedding,
-    read_geneformer_config,
 )
 
 AutoConfig.register(GeneformerConfig.model_type, GeneformerConfig, exist_ok=True)

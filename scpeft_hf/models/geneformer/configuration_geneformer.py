@@ -10,14 +10,17 @@ genes and `<eos>` in 4,096 positions, which is where its default cell embedding 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 from transformers import BertConfig
 
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, MissingFileError
 
 CELL_EMB_STYLES = ("cls", "mean")
 
@@ -113,18 +116,20 @@ def geneformer_config(preset: str, **overrides: Any) -> GeneformerConfig:
     return _build({**GENEFORMER_PRESETS[preset], **overrides})
 
 
-def geneformer_config_from_bert(config: BertConfig | Mapping[str, Any], **overrides: Any) -> GeneformerConfig:
+def geneformer_config_from_bert(
+    config: BertConfig | Mapping[str, Any], where: str = "The config", **overrides: Any
+) -> GeneformerConfig:
     """The `GeneformerConfig` of an official Geneformer config (a `BertConfig` or its config.json as a dict).
 
     Every field is kept (fields the official files lack take GeneformerConfig's defaults); `overrides` then
     set fields such as `num_labels` or `cell_emb_style` ("mean" for V1 checkpoints, which have no `<cls>`).
+    `where` names the config's source in errors.
     """
     fields = dict(config.to_dict() if isinstance(config, BertConfig) else config)
     model_type = fields.pop("model_type", "bert")
     if model_type not in ("bert", GeneformerConfig.model_type):
         raise InvalidInputError(
-            f"A {model_type!r} config is not Geneformer's; pass a Geneformer folder (model_type 'bert' or "
-            "'geneformer')"
+            f"{where} holds a {model_type!r} model; Geneformer folders hold 'bert' (official) or 'geneformer'"
         )
     fields.pop("transformers_version", None)
     return _build({**fields, **overrides})
@@ -136,3 +141,12 @@ def _build(fields: dict[str, Any]) -> GeneformerConfig:
         return GeneformerConfig.from_dict(fields)
     except StrictDataclassError as err:
         raise InvalidInputError(f"Bad Geneformer config field: {err.__cause__ or err}") from err
+
+
+def read_geneformer_config(folder: str | os.PathLike, **overrides: Any) -> GeneformerConfig:
+    """The `GeneformerConfig` of a model folder: read as is from a "geneformer" folder, converted from an
+    official "bert" one; `overrides` set fields (e.g. `num_labels`, `cell_emb_style`)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise MissingFileError(f"{folder} has no config.json; pass a Geneformer model folder")
+    return geneformer_config_from_bert(json.loads(path.read_text()), str(folder), **overrides)

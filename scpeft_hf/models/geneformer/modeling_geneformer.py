@@ -13,7 +13,6 @@ and a randomly initialised pooler would stay frozen (and unsaved) under an adapt
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from transformers.utils import ModelOutput
 
 from ...errors import InvalidInputError, MissingFileError
 from ..heads import warn_if_head_frozen
-from .configuration_geneformer import GeneformerConfig, geneformer_config_from_bert
+from .configuration_geneformer import GeneformerConfig, geneformer_config_from_bert, read_geneformer_config
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -191,21 +190,6 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "embedding": GeneformerModel,
     "masked_lm": GeneformerForMaskedLM,
 }
-
-
-def read_geneformer_config(folder: str | os.PathLike, **overrides) -> GeneformerConfig:
-    """The `GeneformerConfig` of a model folder: read as is from a "geneformer" folder, converted from an
-    official "bert" one; `overrides` set fields (e.g. `num_labels`, `cell_emb_style`)."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise MissingFileError(f"{folder} has no config.json; pass a Geneformer model folder")
-    fields = json.loads(path.read_text())
-    model_type = fields.get("model_type")
-    if model_type not in ("bert", GeneformerConfig.model_type):
-        raise InvalidInputError(
-            f"{folder} holds a {model_type!r} model; Geneformer folders hold 'bert' (official) or 'geneformer'"
-        )
-    return geneformer_config_from_bert(fields, **overrides)
 
 
 def load_geneformer(
