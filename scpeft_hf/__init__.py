@@ -9,7 +9,9 @@ import importlib
 from typing import Any
 
 from .models.geneformer import (
+    GeneformerConfig,
     GeneformerForCellClassification,
+    GeneformerForMaskedLM,
     GeneformerModel,
     geneformer_config,
     load_geneformer,
@@ -60,8 +62,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "EncoderAdapterConfig",
+    "GeneformerConfig",
     "GeneformerDataCollator",
     "GeneformerForCellClassification",
+    "GeneformerForMaskedLM",
     "GeneformerModel",
     "GeneformerProcessor",
     "PrefixAdapterConfig",

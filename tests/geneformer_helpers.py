@@ -61,8 +61,7 @@ def write_tiny_geneformer(
         max_position_embeddings=max_positions,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-    )
-    del config.cell_emb_style  # the official config.json files do not carry it
+    ).to_bert_config()  # official config.json files say model_type "bert" and carry no cell fields
     torch.manual_seed(seed)
     model = BertForMaskedLM(config)
     if weights == "safetensors":

@@ -38,7 +38,7 @@ def test_train_predict_embed_on_pbmc(workdir, capsys):
         processor_config["processor_class"] == "GeneformerProcessor" and processor_config["max_length"] == 128
     )
     run_info = json.loads((out / "run_info.json").read_text())
-    assert run_info["model_type"] == "bert" and len(run_info["label_names"]) == 10
+    assert run_info["model_type"] == "geneformer" and len(run_info["label_names"]) == 10
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_params"] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 10 + 10
 

@@ -1,8 +1,8 @@
 """Which backbone a task runs on, and the matching processor, collator and model classes.
 
 The backbone is read from the folder: an adapter folder names its processor in `processor_config.json`
-(`processor_class`), a base folder its architecture in `config.json` (`model_type`: "scgpt", or "bert" for
-Geneformer).
+(`processor_class`), a base folder its architecture in `config.json` (`model_type`: "scgpt", or "geneformer" /
+official Geneformer's "bert").
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ RETIRED_BACKBONES = {
     "(replaced by scpeft-hf/scgpt-offline-v1)"
 }
 PROCESSORS = {"ScGPTProcessor": ScGPTProcessor, "GeneformerProcessor": GeneformerProcessor}
-PROCESSOR_BY_MODEL_TYPE = {"scgpt": ScGPTProcessor, "bert": GeneformerProcessor}
+PROCESSOR_BY_MODEL_TYPE = {
+    "scgpt": ScGPTProcessor,
+    "bert": GeneformerProcessor,
+    "geneformer": GeneformerProcessor,
+}
 
 Processor = ScGPTProcessor | GeneformerProcessor
 logger = logging.getLogger(__name__)

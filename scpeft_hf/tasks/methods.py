@@ -37,9 +37,9 @@ DEFAULT_LEARNING_RATES = {
     "full": 1e-4,
 }
 # Task heads by model type, trained by `probe` (and saved next to adapters by the tuners' own defaults).
-TASK_HEADS = {"scgpt": "classifier", "bert": "classifier"}
+TASK_HEADS = {"scgpt": "classifier", "bert": "classifier", "geneformer": "classifier"}
 # Config fields that make each model type's head a single Linear layer, for `probe`.
-LINEAR_HEADS = {"scgpt": {"num_cls_layers": 1}, "bert": {}}
+LINEAR_HEADS = {"scgpt": {"num_cls_layers": 1}, "bert": {}, "geneformer": {}}
 
 
 def head_overrides(method: str, base_dir: str | Path) -> dict:

@@ -1,7 +1,8 @@
 """Per-`model_type` defaults of the scPEFT tuners, and the settings resolved when an adapter is attached.
 
 Tuners read only a model's `config` (never its classes), so every model-specific choice lives in the tables
-below. `bert` covers Geneformer, which is transformers' own BERT.
+below. Geneformer is transformers' own BERT: its `model_type` "geneformer" shares every "bert" default, here and
+in peft's own per-model tables (so `LoraConfig(task_type="SEQ_CLS")` needs no `target_modules` on it either).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from peft.utils import constants as peft_constants
 from torch import nn
 
 # Module whose output the encoder adapter transforms: the attention block's output module (projection,
@@ -16,26 +18,41 @@ from torch import nn
 ENCODER_ADAPTER_TARGET_MODULES: dict[str, list[str]] = {
     "scgpt": ["attention.output"],
     "bert": ["attention.output"],
+    "geneformer": ["attention.output"],
 }
 # Module whose output the token adapter transforms: the expression-value embedding after its LayerNorm
 # (scGPT); Geneformer has no value embedding, so its input-embedding LayerNorm takes that place.
 TOKEN_ADAPTER_TARGET_MODULES: dict[str, list[str]] = {
     "scgpt": ["value_encoder.norm"],
     "bert": ["embeddings.LayerNorm"],
+    "geneformer": ["embeddings.LayerNorm"],
 }
 # Module the prefix adapter wraps: the encoder stack holding the layer list.
 PREFIX_ADAPTER_TARGET_MODULES: dict[str, list[str]] = {
     "scgpt": ["encoder"],
     "bert": ["encoder"],
+    "geneformer": ["encoder"],
 }
 # Task heads trained and saved next to the adapter (`modules_to_save`) when a config leaves it unset. They are
 # named `classifier` because peft's SEQ_CLS task type trains and saves modules of that name.
 TASK_HEAD_MODULES: dict[str, list[str]] = {
     "scgpt": ["classifier"],
     "bert": ["classifier"],
+    "geneformer": ["classifier"],
 }
 # Head names of older releases, as adapter_config.json files saved then list them: old name -> current name.
 LEGACY_TASK_HEAD_MODULES: dict[str, dict[str, str]] = {"scgpt": {"cls_decoder": "classifier"}}
+
+
+def share_peft_defaults(model_type: str, like: str) -> None:
+    """Give `model_type` the entries `like` has in peft's per-model default tables (target modules etc.)."""
+    for name in dir(peft_constants):
+        table = getattr(peft_constants, name)
+        if name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(table, dict) and like in table:
+            table.setdefault(model_type, table[like])
+
+
+share_peft_defaults("geneformer", like="bert")
 
 
 def default_target_modules(

@@ -1,8 +1,10 @@
 """Cell-level heads on Geneformer's BERT, and loading of official Geneformer checkpoint folders.
 
-Both heads wrap transformers' own `BertModel` under the attribute `bert`, so a `BertForMaskedLM` checkpoint
+Every class wraps transformers' own `BertModel` under the attribute `bert`, so a `BertForMaskedLM` checkpoint
 (`config.json` + `model.safetensors`, or `pytorch_model.bin` read with `weights_only=True`) loads into them
-unchanged and every peft tuner sees the module names it knows from BERT.
+unchanged and every peft tuner sees the module names it knows from BERT. Their `config_class` is
+`GeneformerConfig` (`model_type` "geneformer"), which the Auto classes map to these classes; `load_geneformer`
+also reads official folders, whose config.json says "bert", converting their config on load.
 
 The annotation head reads the first token's last-layer state (`<cls>` in V2, the top-ranked gene in V1), as
 `BertForSequenceClassification` does, but without BERT's pooler: a masked-LM checkpoint has no pooler weights,
@@ -18,11 +20,12 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers import BertConfig, BertForMaskedLM, BertModel, BertPreTrainedModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...errors import InvalidInputError, MissingFileError
 from ..heads import warn_if_head_frozen
+from .configuration_geneformer import GeneformerConfig, geneformer_config_from_bert, read_geneformer_config
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -67,14 +70,22 @@ def pool_cell_embedding(
     return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
-class _GeneformerBase(BertPreTrainedModel):
-    config_class = BertConfig
+def _as_geneformer_config(config: BertConfig) -> GeneformerConfig:
+    """Models built from a plain `BertConfig` (as before GeneformerConfig existed) get its Geneformer form."""
+    return config if isinstance(config, GeneformerConfig) else geneformer_config_from_bert(config)
+
+
+class GeneformerPreTrainedModel(BertPreTrainedModel):
+    """BERT's weight initialisation and loading under `GeneformerConfig`, with BERT's module names (`bert.*`)."""
+
+    config_class = GeneformerConfig
     base_model_prefix = "bert"
     # The forward takes **kwargs (attention options for BERT), but its loss is a plain mean: Trainer must not
     # pass num_items_in_batch or multiply the loss by the world size under DDP.
     accepts_loss_kwargs = False
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: GeneformerConfig):
+        config = _as_geneformer_config(config)
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
 
@@ -84,9 +95,9 @@ class _GeneformerBase(BertPreTrainedModel):
         outputs = self.bert(
             input_ids, attention_mask=attention_mask, output_hidden_states=True, return_dict=True, **kwargs
         )
-        layer = getattr(self.config, "cell_emb_layer", -2)
-        style = getattr(self.config, "cell_emb_style", "cls")
-        cell_embedding = pool_cell_embedding(outputs.hidden_states[layer], attention_mask, style)
+        cell_embedding = pool_cell_embedding(
+            outputs.hidden_states[self.config.cell_emb_layer], attention_mask, self.config.cell_emb_style
+        )
         extras = {
             "hidden_states": outputs.hidden_states if wants_hidden_states else None,
             "attentions": outputs.attentions,
@@ -94,10 +105,10 @@ class _GeneformerBase(BertPreTrainedModel):
         return extras, outputs.last_hidden_state, cell_embedding
 
 
-class GeneformerModel(_GeneformerBase):
+class GeneformerModel(GeneformerPreTrainedModel):
     """Geneformer's encoder returning cell embeddings (`GeneformerOutput.cell_embedding`), for `embed`."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: GeneformerConfig):
         super().__init__(config)
         self.post_init()
 
@@ -112,10 +123,10 @@ class GeneformerModel(_GeneformerBase):
         return GeneformerOutput(cell_embedding=cell_embedding, **extras)
 
 
-class GeneformerForCellClassification(_GeneformerBase):
+class GeneformerForCellClassification(GeneformerPreTrainedModel):
     """Cell-type annotation on Geneformer: dropout and a linear `classifier` on the first token's state."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: GeneformerConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         dropout = (
@@ -139,7 +150,7 @@ class GeneformerForCellClassification(_GeneformerBase):
         if labels is not None:
             if self.training and torch.is_grad_enabled():
                 warn_if_head_frozen(self, self.classifier)
-            class_weights = getattr(self.config, "class_weights", None)
+            class_weights = self.config.class_weights
             weight = (
                 torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
                 if class_weights is not None
@@ -149,6 +160,16 @@ class GeneformerForCellClassification(_GeneformerBase):
                 logits.view(-1, self.num_labels), labels.view(-1), weight=weight
             )
         return GeneformerOutput(loss=loss, logits=logits, cell_embedding=cell_embedding, **extras)
+
+
+class GeneformerForMaskedLM(BertForMaskedLM):
+    """Geneformer's pretraining model (BERT's masked-LM head) under `GeneformerConfig`: what an official folder
+    holds, so `load_geneformer(folder, "masked_lm").save_pretrained(out)` re-saves it as a "geneformer" folder."""
+
+    config_class = GeneformerConfig
+
+    def __init__(self, config: GeneformerConfig):
+        super().__init__(_as_geneformer_config(config))
 
 
 def check_vocab_size(
@@ -163,32 +184,37 @@ def check_vocab_size(
         )
 
 
+GeneformerTask = Literal["classification", "embedding", "masked_lm"]
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "classification": GeneformerForCellClassification,
+    "embedding": GeneformerModel,
+    "masked_lm": GeneformerForMaskedLM,
+}
+
+
 def load_geneformer(
     folder: str | os.PathLike,
-    task: Literal["classification", "embedding"] = "classification",
+    task: GeneformerTask = "classification",
     *,
     dictionary_size: int | None = None,
     **kwargs,
-) -> GeneformerForCellClassification | GeneformerModel:
-    """Load an official Geneformer folder (`config.json` + `model.safetensors` or `pytorch_model.bin`).
+) -> GeneformerPreTrainedModel | GeneformerForMaskedLM:
+    """Load a Geneformer folder: official (`model_type` "bert") or written by us ("geneformer").
 
-    `.bin` weights are read with `torch.load(weights_only=True)`; the masked-LM head is dropped and the
-    classifier (for "classification") initialised. `dictionary_size` (the token dictionary's length) is checked
-    against `vocab_size` before any weight is read. `kwargs` set config fields (e.g. `num_labels`, `cell_emb_style`).
+    The one entry point for official checkpoints: their config converts to `GeneformerConfig` on load, so the
+    model returned saves as a "geneformer" folder, which the Auto classes then read as well. `task` picks the
+    model: "classification" (`GeneformerForCellClassification`, a new `classifier` unless the folder has one),
+    "embedding" (`GeneformerModel`) or "masked_lm" (`GeneformerForMaskedLM`, keeping the pretraining head).
+    `.bin` weights are read with `torch.load(weights_only=True)`. `dictionary_size` (the token dictionary's
+    length) is checked against `vocab_size` before any weight is read. `kwargs` set config fields (e.g.
+    `num_labels`, and `cell_emb_style="mean"` for V1 checkpoints, which have no `<cls>`).
     """
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise MissingFileError(f"{folder} has no config.json; pass a Geneformer model folder")
+    if task not in MODEL_CLASSES:
+        raise InvalidInputError(f"task={task!r}; choose one of {', '.join(MODEL_CLASSES)}")
+    config = read_geneformer_config(folder, **kwargs)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise MissingFileError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    model_class = GeneformerForCellClassification if task == "classification" else GeneformerModel
-    config = BertConfig.from_pretrained(folder)
-    if config.model_type != "bert":
-        raise InvalidInputError(
-            f"{folder} holds a {config.model_type!r} model; Geneformer folders hold 'bert'"
-        )
     if dictionary_size is not None:
         check_vocab_size(config, dictionary_size, folder)
-    for name, value in kwargs.items():
-        setattr(config, name, value)
-    return model_class.from_pretrained(folder, config=config, weights_only=True)
+    return MODEL_CLASSES[task].from_pretrained(folder, config=config, weights_only=True)
