@@ -21,7 +21,9 @@ from tests.notebook_runner import run_notebook  # noqa: E402
 
 
 def main(names: list[str]) -> int:
-    paths = [ROOT / "notebooks" / f"{name}.ipynb" for name in names] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    paths = [ROOT / "notebooks" / f"{name}.ipynb" for name in names] or sorted(
+        (ROOT / "notebooks").glob("*.ipynb")
+    )
     for path in paths:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as workdir:

@@ -33,7 +33,10 @@ def _figure_output(figure) -> dict:
     Image.open(rendered).convert("RGB").quantize(colors=64).save(buffer, format="png", optimize=True)
     return {
         "output_type": "display_data",
-        "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": [repr(figure)]},
+        "data": {
+            "image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            "text/plain": [repr(figure)],
+        },
         "metadata": {},
     }
 
@@ -43,8 +46,10 @@ def _value_output(value: Any, execution_count: int) -> dict | None:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    if value is None or isinstance(value, (Axes, Figure)) or (
-        isinstance(value, list) and value and all(isinstance(item, Axes) for item in value)
+    if (
+        value is None
+        or isinstance(value, (Axes, Figure))
+        or (isinstance(value, list) and value and all(isinstance(item, Axes) for item in value))
     ):
         return None  # figures are collected separately; axes from scanpy's show=False are not worth a repr
     data = {"text/plain": _lines(repr(value)[:MAX_TEXT])}
@@ -72,7 +77,9 @@ def run_cell(source: str, namespace: dict, name: str, execution_count: int) -> l
         value = eval(compile(ast.Expression(last.value), name, "eval"), namespace) if last else None
     outputs = []
     if stdout.getvalue():
-        outputs.append({"output_type": "stream", "name": "stdout", "text": _lines(stdout.getvalue()[-MAX_TEXT:])})
+        outputs.append(
+            {"output_type": "stream", "name": "stdout", "text": _lines(stdout.getvalue()[-MAX_TEXT:])}
+        )
     figures = [plt.figure(number) for number in plt.get_fignums()]
     if isinstance(value, Figure) and value not in figures:
         figures.append(value)

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from transformers import TrainingArguments
 
-from scpeft_hf.cli import training_settings, build_parser
+from scpeft_hf.cli import build_parser, training_settings
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.errors import InvalidInputError
 from scpeft_hf.tasks.methods import parse_adapter_layers

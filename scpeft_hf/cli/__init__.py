@@ -55,5 +55,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-
 __all__ = ["build_parser", "main", "training_settings"]

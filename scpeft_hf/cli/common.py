@@ -49,6 +49,7 @@ def write_h5ad(adata, path: str) -> None:
     finally:
         partial.unlink(missing_ok=True)
 
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default 10)")
     parser.add_argument("--batch-size", type=int, default=32, help="cells per training step (default 32)")

@@ -12,6 +12,7 @@ def _convert(args: argparse.Namespace) -> int:
     print(report.summary())
     return 0
 
+
 def _push(args: argparse.Namespace) -> int:
     from ..tasks.hub import push_adapter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import INPUT_KINDS, add_speed_options, add_species_option, add_train_options, read_h5ad
+from .common import INPUT_KINDS, add_species_option, add_speed_options, add_train_options, read_h5ad
 
 
 def training_settings(args: argparse.Namespace):
