@@ -13,11 +13,17 @@ import numpy as np
 import pytest
 from huggingface_hub import constants
 
+from scpeft_hf.cli import main as cli_main
 from scpeft_hf.datasets import pbmc68k_reduced
 from scpeft_hf.errors import HubConnectionError
 from scpeft_hf.tasks.annotation import TrainingSettings, load_annotator, train_annotation
-from scpeft_hf.cli import main as cli_main
-from scpeft_hf.tasks.backbones import base_reference, base_revision, hub_snapshot, resolve_base, split_revision
+from scpeft_hf.tasks.backbones import (
+    base_reference,
+    base_revision,
+    hub_snapshot,
+    resolve_base,
+    split_revision,
+)
 from scpeft_hf.tasks.hub import _portable_adapter_config
 from tests.geneformer_helpers import ensembl_id, write_tiny_geneformer
 
@@ -77,6 +83,8 @@ def test_train_on_a_hub_base_records_it_and_predicts_from_the_cache(hub_cache, c
     result = train_annotation(cells, "bulk_labels", "lora", tmp_path / "out", base=REPO_ID, settings=settings)
     run_info = json.loads((result.out_dir / "run_info.json").read_text())
     assert run_info["base_model"] == REPO_ID and run_info["base_model_revision"] == COMMIT
+    adapter_config = json.loads((result.out_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == REPO_ID and adapter_config["revision"] == COMMIT
     predicted = load_annotator(result.out_dir).predict(cells.copy())
     assert predicted.obsm["X_scpeft"].shape == (cells.n_obs, 32)
 

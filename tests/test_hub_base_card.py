@@ -42,7 +42,9 @@ def test_card_states_architecture_source_vocabulary_licence_and_measured_parity(
     assert metadata["parity_max_abs_diff"] == report.parity.max_abs_diff
     assert "Max |Δ| of cell embeddings against the official scGPT code on random cells: **" in card
     assert f"{report.parity.max_abs_diff:.2e}" in card and "official scGPT 0.2.4 TransformerModel" in card
-    assert f"`ScGPTForMaskedExpressionModeling` ({report.num_parameters:,} parameters): hidden size 32" in card
+    assert (
+        f"`ScGPTForMaskedExpressionModeling` ({report.num_parameters:,} parameters): hidden size 32" in card
+    )
     assert "3 layers, 4 attention heads" in card and "scGPT test release" in card
     assert "43 tokens in `vocab.json`" in card and "`<pad>` id 40 and `<cls>` id 41" in card
     assert 'AutoModel.from_pretrained("alice/small")' in card and "--base alice/small " in card
@@ -76,11 +78,15 @@ def test_publishing_refuses_bad_input_before_touching_the_hub(official, tmp_path
     with HubServer() as hub:
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
         monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-        assert cli_main(["convert", "scgpt", str(official), str(tmp_path / "hf"), "--push-to-hub", "small"]) == 2
+        assert (
+            cli_main(["convert", "scgpt", str(official), str(tmp_path / "hf"), "--push-to-hub", "small"]) == 2
+        )
         assert "Repo id 'small' has no namespace: use USER/NAME" in capsys.readouterr().err
         assert not (tmp_path / "hf").exists()  # refused before converting
         (tmp_path / "not-a-base").mkdir()
         (tmp_path / "not-a-base" / "config.json").write_text("{}")
-        with pytest.raises(FileNotFoundError, match="lacks model.safetensors, vocab.json, README.md: not a base"):
+        with pytest.raises(
+            FileNotFoundError, match="lacks model.safetensors, vocab.json, README.md: not a base"
+        ):
             push_base(tmp_path / "not-a-base", "alice/base")
         assert hub.requests == [] and hub.repos == {}
