@@ -9,7 +9,7 @@ def _convert(args: argparse.Namespace) -> int:
     from ..models.scgpt.convert_scgpt import convert_scgpt_checkpoint
 
     if args.push_to_hub:  # a bad repo id or a missing token fails before the conversion, not after it
-        from ..tasks.hub import require_token, check_repo_id
+        from ..tasks.hub import check_repo_id, require_token
 
         check_repo_id(args.push_to_hub)
         require_token(args.token)
