@@ -136,8 +136,8 @@ def push_base(
             f"{folder} lacks {', '.join(missing)}: not a base model folder written by `scpeft-hf convert`"
         )
     token = require_token(token)
-    contents = {name: (folder / name).read_bytes() for name in (*BASE_FILES, PROCESSOR_CONFIG_NAME)
-                if (folder / name).is_file()}  # fmt: skip
+    names = [name for name in (*BASE_FILES, PROCESSOR_CONFIG_NAME) if (folder / name).is_file()]
+    contents = {name: (folder / name).read_bytes() for name in names}
     commit = _commit_in_one_go(
         repo_id, contents, private, token, commit_message or "Upload a converted scGPT base with scpeft-hf"
     )
