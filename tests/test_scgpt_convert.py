@@ -121,6 +121,7 @@ def test_converted_checkpoint_matches_official_model_in_eval(tmp_path, layout):
     assert report.initialized_keys == []
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
         ".scpeft-hf.json",
+        "README.md",  # the model card, with the parity figure
         "config.json",
         "model.safetensors",
         "vocab.json",

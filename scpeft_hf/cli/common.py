@@ -106,3 +106,26 @@ def add_species_option(parser: argparse.ArgumentParser) -> None:
         help="species of the cells (e.g. mouse): genes are mapped to human symbols through an ortholog table and "
         "matched case-exactly (default: matched as given, with a case-insensitive fallback)",
     )
+
+
+def add_base_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--base FOLDER | USER/NAME[@REVISION]`, the same in every command; `default` says what is used without it.
+    The value stays a string: the tasks split off the revision (`split_revision`), as `base=` does in Python."""
+    parser.add_argument(
+        "--base",
+        default=None,
+        type=_base_reference,
+        metavar="FOLDER|USER/NAME[@REVISION]",
+        help=f"base model: a folder, or a Hugging Face Hub model id, optionally at a branch, tag or commit "
+        f"(downloaded into the Hugging Face cache; recorded by id and commit, never as a path). Default: {default}",
+    )
+
+
+def _base_reference(text: str) -> str:
+    from ..tasks.backbones import split_revision
+
+    try:
+        split_revision(text)  # refuses USER/NAME@ and other malformed revisions before any work starts
+    except InvalidInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text

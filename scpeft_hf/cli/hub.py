@@ -8,8 +8,28 @@ import argparse
 def _convert(args: argparse.Namespace) -> int:
     from ..models.scgpt.convert_scgpt import convert_scgpt_checkpoint
 
-    report = convert_scgpt_checkpoint(args.src_dir, args.out_dir, overwrite=args.overwrite)
+    if args.push_to_hub:  # a bad repo id or a missing token fails before the conversion, not after it
+        from ..tasks.hub import check_repo_id, require_token
+
+        check_repo_id(args.push_to_hub)
+        require_token(args.token)
+    report = convert_scgpt_checkpoint(
+        args.src_dir,
+        args.out_dir,
+        overwrite=args.overwrite,
+        repo_id=args.push_to_hub,
+        source=args.source,
+        license=args.license,
+    )
     print(report.summary())
+    if args.push_to_hub:
+        from ..tasks.hub import push_base
+
+        result = push_base(args.out_dir, args.push_to_hub, private=args.private, token=args.token)
+        print(f"Pushed {args.out_dir} to {result.repo_url} (commit {result.commit.oid}):")
+        for name, size in result.files.items():
+            print(f"  {name:<32} {size:>12,} bytes")
+        print(f"Train on it with: scpeft-hf train --base {args.push_to_hub} --data cells.h5ad ...")
     return 0
 
 
@@ -29,13 +49,32 @@ def add_convert_command(commands) -> None:
         "convert",
         help="convert an official checkpoint to a Hugging Face folder",
         description="Convert an official checkpoint folder into a Hugging Face folder (config.json, "
-        "model.safetensors, vocab.json) that AutoModel.from_pretrained and every scpeft-hf command load.",
+        "model.safetensors, vocab.json and a model card with the parity figure against the official scGPT code) "
+        "that AutoModel.from_pretrained and every scpeft-hf command load; --push-to-hub publishes it.",
     )
     convert.add_argument("model", choices=["scgpt"], help="which model family the checkpoint belongs to")
     convert.add_argument("src_dir", help="official checkpoint folder: best_model.pt, args.json, vocab.json")
     convert.add_argument("out_dir", help="folder to write; left untouched if conversion fails")
     convert.add_argument(
         "--overwrite", action="store_true", help="replace OUT_DIR if it is a folder scpeft-hf wrote"
+    )
+    convert.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="USER/NAME",
+        help="then upload OUT_DIR with its model card to this Hub model repo in one commit (created if missing)",
+    )
+    convert.add_argument(
+        "--license", default="mit", help="licence of the source checkpoint, for the card (scGPT's: mit)"
+    )
+    convert.add_argument(
+        "--source",
+        default=None,
+        help="where the checkpoint comes from, for the card (default: its folder, file name and SHA-256)",
+    )
+    convert.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    convert.add_argument(
+        "--token", default=None, help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)"
     )
     convert.set_defaults(handler=_convert)
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .common import add_species_option, check_out_file, read_h5ad, write_h5ad
+from .common import add_base_option, add_species_option, check_out_file, read_h5ad, write_h5ad
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -133,9 +133,7 @@ def add_predict_command(commands) -> None:
     )
     predict.add_argument("--data", required=True, help=".h5ad file to annotate")
     predict.add_argument("--out", required=True, help=".h5ad file to write")
-    predict.add_argument(
-        "--base", default=None, help="base model folder (default: the one the adapter names)"
-    )
+    add_base_option(predict, "the one the adapter names, at its recorded commit")
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_species_option(predict)
@@ -161,7 +159,7 @@ def add_embed_command(commands) -> None:
         help="compute cell embeddings",
         description="Write cell embeddings to obsm['X_scpeft'] from a base model, optionally with an adapter.",
     )
-    embed.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")
+    add_base_option(embed, "the embedded demo backbone")
     embed.add_argument(
         "--adapter",
         default=None,
@@ -211,9 +209,7 @@ def add_markers_command(commands) -> None:
         default="qk-rank",
         help="qk-rank (scPEFT's rank-normalised q.k) or cls-softmax (the <cls> attention probabilities)",
     )
-    markers.add_argument(
-        "--base", default=None, help="base model folder (default: the one the adapter names)"
-    )
+    add_base_option(markers, "the one the adapter names, at its recorded commit")
     markers.add_argument("--batch-size", type=int, default=16, help="cells per forward pass")
     markers.add_argument("--overwrite", action="store_true", help="replace existing output files")
     markers.set_defaults(handler=_markers)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import INPUT_KINDS, add_species_option, add_speed_options, add_train_options, read_h5ad
+from .common import (
+    INPUT_KINDS,
+    add_base_option,
+    add_species_option,
+    add_speed_options,
+    add_train_options,
+    read_h5ad,
+)
 
 
 def training_settings(args: argparse.Namespace):
@@ -125,7 +132,7 @@ def add_train_command(commands) -> None:
         action="store_true",
         help="continue a killed or interrupted run from the last checkpoint kept in .<out>.partial beside --out",
     )
-    train.add_argument("--base", default=None, help="base model folder (default: the embedded demo backbone)")
+    add_base_option(train, "the embedded demo backbone")
     train.add_argument(
         "--split-key",
         default=None,
@@ -203,9 +210,7 @@ def add_integrate_command(commands) -> None:
         "--method", default="encoder", choices=["encoder", "token", "prefix", "lora", "full"]
     )
     integrate.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    integrate.add_argument(
-        "--base", default=None, help="base scGPT folder (default: the embedded demo backbone)"
-    )
+    add_base_option(integrate, "the embedded demo backbone (an scGPT base)")
     integrate.add_argument(
         "--epochs", type=int, default=15, help="training epochs (default 15, as scGPT's tutorial)"
     )

@@ -38,6 +38,7 @@ from .backbones import (
     load_classifier,
     load_processor,
     make_collator,
+    name_base_in_adapter,
     ortholog_coverage,
     resolve_base,
 )
@@ -162,6 +163,7 @@ def train_annotation(
     species: SpeciesSettings | None = None,
     test_groups: Mapping[str, Sequence[str]] | str | None = None,
     resume: bool = False,
+    revision: str | None = None,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
@@ -169,6 +171,8 @@ def train_annotation(
     `full`/`probe`), `processor_config.json` with the label names, `metrics.json`, `run_info.json`, a model
     card `README.md`, `confusion_matrix.png` and `umap.png`. It appears only when everything succeeded.
     With `species`, genes go through an ortholog map first; it is saved with the processor (`gene_map.json`).
+    `base` is a folder or a Hub id (`user/name` at `revision`, or `user/name@revision`); a Hub base is recorded in
+    `run_info.json` and `adapter_config.json` by its id and resolved commit, never by a local path.
 
     `test_groups` (`{"donor": ["human1"]}` or `"donor=human1"`) holds those groups out as the test split, with
     validation carved from the other cells, stratified. `metrics.json` carries a logistic-regression baseline
@@ -194,7 +198,7 @@ def train_annotation(
     )  # fmt: skip
     if dropped_classes:
         check_labels(adata, label_key)
-    base_dir = resolve_base(base)
+    base_dir = resolve_base(base, revision)
     num_layers = AutoConfig.from_pretrained(base_dir).num_hidden_layers
     layers = parse_adapter_layers(settings.adapter_layers, num_layers, method)
     processor = load_processor(
@@ -320,6 +324,8 @@ def train_annotation(
                 processor.to_dict().get("input_kind", "auto"), settings.baseline_time_limit,
             )  # fmt: skip
 
+        base_model, base_model_revision = base_reference(base_dir), base_revision(base_dir)
+        name_base_in_adapter(model, base_model, base_model_revision)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2))
@@ -328,8 +334,8 @@ def train_annotation(
                 {
                     "method": method,
                     "model_type": model.config.model_type,
-                    "base_model": base_reference(base_dir),
-                    "base_model_revision": base_revision(base_dir),
+                    "base_model": base_model,
+                    "base_model_revision": base_model_revision,
                     "base_model_fingerprint": fingerprint,
                     "label_key": label_key,
                     "label_names": label_names,
@@ -396,10 +402,13 @@ class Annotator:
 
 
 def load_annotator(
-    adapter: str | Path, base: str | Path | None = None, species: str | None = None
+    adapter: str | Path,
+    base: str | Path | None = None,
+    species: str | None = None,
+    revision: str | None = None,
 ) -> Annotator:
     """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
     `adapter` ("user/name"); see `load_trained_model` (the base model must match the recorded fingerprint).
     `species` maps the cells' genes to human ones (an adapter trained with a species applies its saved map)."""
-    model, processor, run_info = load_trained_model(adapter, base, species=species)
+    model, processor, run_info = load_trained_model(adapter, base, species=species, revision=revision)
     return Annotator(model=model, processor=processor, run_info=run_info)

@@ -238,11 +238,12 @@ def score_genes(
     layer: int = -1,
     batch_size: int = 16,
     key_added: str = SCORES_KEY,
+    revision: str | None = None,
 ) -> np.ndarray:
     """Write attention gene scores of the trained model in `adapter` to `adata.layers[key_added]` (sparse, cells x
     genes) and the settings to `adata.uns[key_added]`; see :func:`attention_gene_scores`. Returns the boolean mask
     of the `var` genes in the model's vocabulary (the genes that can be scored)."""
-    model, processor, run_info = load_trained_model(adapter, base)
+    model, processor, run_info = load_trained_model(adapter, base, revision=revision)
     matrix, settings = attention_gene_scores(
         model, processor, adata, method=method, layer=layer, batch_size=batch_size
     )
@@ -276,6 +277,7 @@ def find_markers(
     base: str | Path | None = None,
     batch_size: int = 16,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> dict:
     """Attention marker genes per group of `adata.obs[label_key]`: scores (:func:`score_genes`), ranking
     (:func:`rank_genes_by_score`, into `adata.uns["scpeft_markers"]`), and the agreement of each group's top
@@ -290,7 +292,9 @@ def find_markers(
         raise InvalidInputError(f"--top {top} must be at least 1")
     labels = group_labels(adata, label_key)
     groups, skipped = split_groups(labels, reference)
-    vocabulary = score_genes(adata, adapter, base=base, method=method, layer=layer, batch_size=batch_size)
+    vocabulary = score_genes(
+        adata, adapter, base=base, method=method, layer=layer, batch_size=batch_size, revision=revision
+    )
     rank_genes_by_score(adata, label_key, SCORES_KEY, reference=reference, genes=vocabulary)
     table = marker_genes_df(adata, top=top)
     expression, preprocessing = log_normalised_genes(adata, vocabulary)

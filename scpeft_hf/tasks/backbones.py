@@ -50,10 +50,33 @@ Processor = ScGPTProcessor | GeneformerProcessor
 logger = logging.getLogger(__name__)
 
 
+def split_revision(
+    base: str | Path | None, revision: str | None = None
+) -> tuple[str | Path | None, str | None]:
+    """(base, revision) from `USER/NAME@REVISION` (a branch, tag or commit of a Hub model), the one syntax every
+    command's `--base` and the Python API's `base=` accept; anything else is returned unchanged with `revision`.
+    An existing folder is never split, so a local path may contain "@"."""
+    if base is None or isinstance(base, Path) or "@" not in base or Path(base).exists():
+        return base, revision
+    repo_id, _, at = base.partition("@")
+    if not at or not is_hub_repo_id(repo_id):
+        raise InvalidInputError(
+            f"--base {base} is neither a folder nor a Hub model USER/NAME@REVISION; write the Hub id, '@', then a "
+            "branch, tag or commit (e.g. alice/scgpt-human@main), or pass an existing folder"
+        )
+    if revision is not None and revision != at:
+        raise InvalidInputError(
+            f"--base {base} names revision {at} but revision={revision!r} was also given; pass one of them"
+        )
+    return repo_id, at
+
+
 def resolve_base(base: str | Path | None, revision: str | None = None) -> Path:
     """A base model folder: the embedded demo backbone when `base` is None or `DEMO_BACKBONE_NAME`; `base` itself
-    when it is a folder; else, for an `owner/name` id, that Hub model at `revision` (from the Hugging Face cache,
-    or downloaded). A retired embedded backbone is refused with its name."""
+    when it is a folder; else, for an `owner/name` id (or `owner/name@revision`, see `split_revision`), that Hub
+    model at `revision` (from the Hugging Face cache, or downloaded). A retired embedded backbone is refused with
+    its name."""
+    base, revision = split_revision(base, revision)
     if str(base) in RETIRED_BACKBONES:
         raise InvalidInputError(
             f"the adapter was trained on {base}, {RETIRED_BACKBONES[str(base)]}; retrain it with this version "
@@ -119,6 +142,14 @@ def base_reference(base_dir: str | Path) -> str:
         base_dir,
     )
     return str(base_dir)
+
+
+def name_base_in_adapter(model: PreTrainedModel, reference: str, revision: str | None) -> None:
+    """Make a peft model's saved `adapter_config.json` name its base as `run_info.json` does (`base_reference`,
+    `base_revision`): a Hub id and commit rather than the cache snapshot path the model was loaded from."""
+    for config in getattr(model, "peft_config", {}).values():
+        config.base_model_name_or_path = reference
+        config.revision = revision
 
 
 def base_revision(base_dir: str | Path) -> str | None:

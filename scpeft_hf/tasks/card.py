@@ -45,7 +45,8 @@ def render_adapter_card(folder: str | Path, adapter_ref: str | None = None, lice
         "method_name": METHOD_NAMES[info["method"]],
         "model_type": info["model_type"],
         "base_model": describe_base(info["base_model"]),
-        "base_note": base_note(info["base_model"]),
+        "base_note": base_note(info["base_model"], info.get("base_model_revision")),
+        "transformers_load": transformers_load(info, adapter_ref or str(folder)),
         "fingerprint": info["base_model_fingerprint"],
         "adapter_ref": adapter_ref or str(folder),
         "trainable_params": f"{metrics['trainable_params']:,}",
@@ -118,20 +119,44 @@ def describe_base(base_model: str) -> str:
     return f"`{Path(base_model).name}` (a local folder at training time: `{base_model}`)"
 
 
-def base_note(base_model: str) -> str:
+def base_note(base_model: str, revision: str | None = None) -> str:
     """Where the base model comes from when the adapter is loaded."""
     if base_model == DEMO_BACKBONE_NAME:
         return "The base model ships inside scpeft-hf: nothing else to download."
+    if hub_model_id(base_model):
+        at = f" at commit `{revision}`" if revision else ""
+        return (
+            f"The base model is not stored here: loading downloads `{base_model}`{at} from the Hub (recorded in "
+            "`adapter_config.json` as `base_model_name_or_path` and `revision`); its weights are checked against "
+            "the fingerprint above."
+        )
     name = Path(base_model).name
-    where = (
-        f"download it (`hf download {base_model} --local-dir {name}`) and pass"
-        if hub_model_id(base_model)
-        else f"it is read from `{base_model}`; where your copy is elsewhere, pass"
-    )
     return (
-        f'The base model is not stored here: {where} `base="path/to/{name}"` (`--base` on the command line); '
-        "its weights are checked against the fingerprint above."
+        f"The base model is not stored here: it is read from `{base_model}`; where your copy is elsewhere, pass "
+        f'`base="path/to/{name}"` (`--base` on the command line); its weights are checked against the '
+        "fingerprint above."
     )
+
+
+def transformers_load(info: dict, adapter_ref: str) -> str:
+    """The three-line load with transformers and peft alone, for an scGPT adapter on a Hub base: the label count
+    must be known before the base is built, so it comes from the label names saved with the adapter."""
+    base_model = hub_model_id(info["base_model"])
+    on_hub = hub_model_id(adapter_ref) is not None  # the card of a pushed adapter, not of a local folder
+    if base_model is None or not on_hub or info["model_type"] != "scgpt" or info.get("task") == "integration":
+        return ""
+    revision = info.get("base_model_revision")
+    return f"""
+With transformers and peft alone (after `import json, scpeft_hf`, which registers scGPT and the scPEFT tuners;
+`hf_hub_download` from huggingface_hub, `AutoModelForSequenceClassification` from transformers, `PeftModel` from
+peft), the label count comes first, from the label names saved with the adapter:
+
+```python
+labels = json.load(open(hf_hub_download("{adapter_ref}", "processor_config.json")))["label_names"]
+base = AutoModelForSequenceClassification.from_pretrained("{base_model}", revision={revision!r}, num_labels=len(labels), id2label=dict(enumerate(labels)))
+model = PeftModel.from_pretrained(base, "{adapter_ref}")
+```
+"""
 
 
 def read_card_metadata(folder: str | Path) -> dict:

@@ -20,11 +20,12 @@ def embed_cells(
     batch_size: int = 64,
     species: str | None = None,
     batch_key: str | None = None,
+    revision: str | None = None,
 ) -> ad.AnnData:
     """Write one embedding per cell to `adata.obsm["X_scpeft"]` and return `adata`.
 
     With `adapter`, the adapted model's embedding is used (the adapter's processor and base model, `base`
-    overriding the latter); without it, the base model's own (`config.cell_emb_style`). `species` maps the
+    overriding the latter; a Hub id is read at `revision`, or written `user/name@revision`); without it, the base model's own (`config.cell_emb_style`). `species` maps the
     cells' genes to human ones through the shipped ortholog table (see `scpeft_hf.data.orthologs`). An adapter
     written by `integrate` reads each cell's batch from `obs[batch_key]` (default: the training run's batch column).
     """
@@ -35,14 +36,14 @@ def embed_cells(
     if adapter is not None and _written_by_integrate(adapter):
         from .integration import load_integration_model
 
-        adata.obsm["X_scpeft"] = load_integration_model(adapter, base=base).embed(
+        adata.obsm["X_scpeft"] = load_integration_model(adapter, base=base, revision=revision).embed(
             adata, batch_key, batch_size
         )
         return adata
     if adapter is not None:
-        model, processor, _ = load_trained_model(adapter, base, species=species)
+        model, processor, _ = load_trained_model(adapter, base, species=species, revision=revision)
     else:
-        base_dir = resolve_base(base)
+        base_dir = resolve_base(base, revision)
         processor = load_processor(base_dir, species=species)
         model = load_backbone(base_dir, processor).to("cuda" if torch.cuda.is_available() else "cpu")
     result = run_model(model, processor(adata), make_collator(processor, train=False), batch_size)

@@ -1,5 +1,6 @@
-"""Share trained adapters on the Hugging Face Hub: `push_adapter` uploads exactly what loading and describing an
-adapter needs, in one commit; `resolve_adapter` turns a Hub id back into a local folder of those files.
+"""Share trained adapters and converted bases on the Hugging Face Hub: `push_adapter` uploads exactly what loading
+and describing an adapter needs, in one commit (`push_base` a base written by `scpeft-hf convert`);
+`resolve_adapter` turns a Hub id back into a local folder of those files.
 
 The pushed `adapter_config.json` names the base as `run_info.json` records it (see `base_reference`): the
 embedded demo backbone by name, a Hub base by its id with its commit as `revision`, so the adapter loads on any
@@ -59,6 +60,8 @@ PROCESSOR_FILES = (
     GENE_MAP_NAME,
 )
 SHARED_FILES = (*REQUIRED_FILES, *PROCESSOR_FILES, CARD)
+# A shared base: what `scpeft-hf convert` writes (`.scpeft-hf.json`, its folder marker, stays local).
+BASE_FILES = ("config.json", "model.safetensors", VOCAB_NAME, CARD)
 
 
 @dataclass
@@ -97,29 +100,13 @@ def push_adapter(
         card = render_integration_card(run_info, metrics, adapter_ref=repo_id)
     else:
         card = render_adapter_card(folder, adapter_ref=repo_id)
-    token = token or get_token()
-    if token is None:
-        raise HubAccessError(
-            "No Hugging Face token: pass --token (token=...), set HF_TOKEN, or log in with `hf auth login`"
-        )
+    token = require_token(token)
     contents = {name: (folder / name).read_bytes() for name in names}
     base_model, revision = run_info["base_model"], run_info.get("base_model_revision")
     contents[CONFIG_NAME] = _portable_adapter_config(contents[CONFIG_NAME], base_model, revision)
     contents[CARD] = card.encode()
-    api = HfApi(token=token)
-    with _hub_errors(api.endpoint, f"push to {repo_id}"):
-        try:
-            ModelCard(card).validate(repo_type="model")
-        except ValueError as err:
-            raise InvalidInputError(
-                f"The Hub at {api.endpoint} rejected the model card's metadata: {err}"
-            ) from err
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.create_commit(
-            repo_id,
-            operations=[CommitOperationAdd(name, content) for name, content in contents.items()],
-            commit_message=commit_message or f"Upload {run_info['method']} adapter with scpeft-hf",
-        )
+    message = commit_message or f"Upload {run_info['method']} adapter with scpeft-hf"
+    commit = _commit_in_one_go(repo_id, contents, private, token, message)
     # said after the commit, so that a failed push prints its one-line error alone
     if base_model != DEMO_BACKBONE_NAME and hub_model_id(base_model) is None:
         logger.warning(
@@ -129,6 +116,62 @@ def push_adapter(
             base_model,
         )
     return PushResult(commit=commit, files={name: len(content) for name, content in contents.items()})
+
+
+def push_base(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Upload a base model folder written by `scpeft-hf convert` (config.json, model.safetensors, vocab.json and
+    its model card README.md) to the Hub model repo `repo_id`, in one commit, checked first as `push_adapter` is.
+    Adapters trained with `--base repo_id` then record its id and the commit made here."""
+    folder = Path(folder)
+    check_repo_id(repo_id)
+    missing = [name for name in BASE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise MissingFileError(
+            f"{folder} lacks {', '.join(missing)}: not a base model folder written by `scpeft-hf convert`"
+        )
+    token = require_token(token)
+    names = [name for name in (*BASE_FILES, PROCESSOR_CONFIG_NAME) if (folder / name).is_file()]
+    contents = {name: (folder / name).read_bytes() for name in names}
+    commit = _commit_in_one_go(
+        repo_id, contents, private, token, commit_message or "Upload a converted scGPT base with scpeft-hf"
+    )
+    return PushResult(commit=commit, files={name: len(content) for name, content in contents.items()})
+
+
+def require_token(token: str | None) -> str:
+    token = token or get_token()
+    if token is None:
+        raise HubAccessError(
+            "No Hugging Face token: pass --token (token=...), set HF_TOKEN, or log in with `hf auth login`"
+        )
+    return token
+
+
+def _commit_in_one_go(
+    repo_id: str, contents: dict[str, bytes], private: bool, token: str, message: str
+) -> CommitInfo:
+    """The Hub validates the card (`README.md` in `contents`) first; only then is the repo created (if new) and
+    every file committed at once, so a failure leaves nothing half-uploaded."""
+    api = HfApi(token=token)
+    with _hub_errors(api.endpoint, f"push to {repo_id}"):
+        try:
+            ModelCard(contents[CARD].decode()).validate(repo_type="model")
+        except ValueError as err:
+            raise InvalidInputError(
+                f"The Hub at {api.endpoint} rejected the model card's metadata: {err}"
+            ) from err
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.create_commit(
+            repo_id,
+            operations=[CommitOperationAdd(name, content) for name, content in contents.items()],
+            commit_message=message,
+        )
 
 
 def shareable_files(folder: Path) -> list[str]:

@@ -26,10 +26,12 @@ from ..models.scgpt import ScGPTForBatchIntegration
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
     base_reference,
+    base_revision,
     describe_preprocessing,
     load_backbone,
     load_processor,
     make_collator,
+    name_base_in_adapter,
     resolve_base,
 )
 from .inference import run_model
@@ -184,10 +186,12 @@ def integrate(
     base: str | Path | None = None,
     settings: IntegrationSettings | None = None,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> IntegrationResult:
     """Fine-tune `method` with scGPT's integration objective and write a complete folder to `out_dir`: the adapter
     (the whole model for `full`), its processor, `integrated.h5ad` (`obsm["X_scpeft"]`, `obsm["X_scpeft_zero_shot"]`,
     `obsm["X_pca"]`), `metrics.json` (scIB metrics per embedding), `umap.png`, `run_info.json` and a model card.
+    `base` is a folder or a Hub id (at `revision`, or `user/name@revision`), recorded by id and commit.
     """
     settings = settings or IntegrationSettings()
     if method not in METHODS:
@@ -198,7 +202,7 @@ def integrate(
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     adata = check_integration_input(adata, batch_key, label_key, settings.min_cells_per_batch)
-    base_dir = resolve_base(base)
+    base_dir = resolve_base(base, revision)
     processor = load_processor(base_dir, max_length=settings.max_length)
     if isinstance(processor, GeneformerProcessor):
         raise InvalidInputError(
@@ -290,13 +294,16 @@ def integrate(
             best_validation_loss=selector.best_loss,
         )
 
+        base_model, base_model_revision = base_reference(base_dir), base_revision(base_dir)
+        name_base_in_adapter(model, base_model, base_model_revision)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         run_info = {
             "task": "integration",
             "method": method,
             "model_type": model.config.model_type,
-            "base_model": base_reference(base_dir),
+            "base_model": base_model,
+            "base_model_revision": base_model_revision,
             "base_model_fingerprint": fingerprint,
             "batch_key": batch_key,
             "batch_names": batch_names,
@@ -397,8 +404,11 @@ class IntegrationModel:
         return _normalised(result.cell_embeddings)
 
 
-def load_integration_model(adapter_dir: str | Path, base: str | Path | None = None) -> IntegrationModel:
-    """Load a folder written by `integrate`; the base is the recorded one unless `base` overrides it."""
+def load_integration_model(
+    adapter_dir: str | Path, base: str | Path | None = None, revision: str | None = None
+) -> IntegrationModel:
+    """Load a folder written by `integrate`; the base is the recorded one (at its recorded Hub commit) unless
+    `base` (at `revision`) overrides it."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / RUN_INFO).is_file():
         raise MissingFileError(
@@ -407,7 +417,9 @@ def load_integration_model(adapter_dir: str | Path, base: str | Path | None = No
     run_info = json.loads((adapter_dir / RUN_INFO).read_text())
     processor = load_processor(adapter_dir)
     if run_info["method"] in PEFT_METHODS:
-        base_dir = resolve_base(base or run_info["base_model"])
+        base_dir = resolve_base(
+            base or run_info["base_model"], revision if base else run_info.get("base_model_revision")
+        )
         settings = IntegrationSettings(
             **{k: v for k, v in run_info["training"].items() if k in IntegrationSettings.__dataclass_fields__}
         )

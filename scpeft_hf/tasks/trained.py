@@ -22,12 +22,16 @@ RUN_INFO = "run_info.json"
 
 
 def load_trained_model(
-    adapter: str | Path, base: str | Path | None = None, species: str | None = None
+    adapter: str | Path,
+    base: str | Path | None = None,
+    species: str | None = None,
+    revision: str | None = None,
 ) -> tuple[PreTrainedModel | PeftModel, Processor, dict]:
     """(model in eval mode, processor, run_info) of a folder written by `train_annotation`, or of an adapter
     shared on the Hub under `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
 
-    The base model is the one recorded at training time unless `base` overrides it; either way its weights
+    The base model is the one recorded at training time (a Hub base at its recorded commit) unless `base` (a
+    folder, or a Hub id at `revision` or written `user/name@revision`) overrides it; either way its weights
     must match the recorded fingerprint, so an adapter is never applied to a different backbone. `species`
     maps the cells' genes to human ones (an adapter trained with a species applies its saved map by itself).
     """
@@ -41,7 +45,7 @@ def load_trained_model(
     processor = load_processor(adapter_dir, species=species)
     if run_info["method"] in PEFT_METHODS:
         base_dir = resolve_base(
-            base or run_info["base_model"], None if base else run_info.get("base_model_revision")
+            base or run_info["base_model"], revision if base else run_info.get("base_model_revision")
         )
         processor.pretrained_genes = read_pretrained_genes(base_dir)
         model = load_classifier(

@@ -4,28 +4,36 @@ folder (`config.json`, `model.safetensors`, `vocab.json`).
 The official state dict is loaded with `torch.load(weights_only=True)`, so no pickled code runs. Attention
 weights come in two layouts: flash-attn's fused `self_attn.Wqkv.*` and PyTorch's `self_attn.in_proj_*`; both
 hold [q; k; v] stacked along the output axis and are split into our `query`/`key`/`value` projections.
+The output folder carries a model card (`README.md`) with the architecture, the source checkpoint, the vocabulary
+size, the licence and the parity figure (see `parity.py`), ready for `--push-to-hub`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
 import shutil
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCardData
 
 from ...errors import InvalidInputError, MissingFileError
 from ...output_folders import check_out_dir, make_staging_dir, publish
 from .configuration_scgpt import ScGPTConfig
 from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
 from .modeling_scgpt_integration import ScGPTForBatchIntegration
+from .parity import Parity, measure_parity
 
 CHECKPOINT_FILE = "best_model.pt"
 ARGS_FILE = "args.json"
 VOCAB_FILE = "vocab.json"
+CARD_FILE = "README.md"
+CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "scgpt_base.md"
 
 # Official module prefixes that our classes do not have (pretraining-only, or the plain-batchnorm variant).
 _UNUSED_PREFIXES = (
@@ -71,11 +79,16 @@ class ConversionReport:
     attention_layout: str
     unused_keys: list[str] = field(default_factory=list)
     initialized_keys: list[str] = field(default_factory=list)
+    vocab_size: int = 0
+    source: str = ""
+    parity: Parity = field(default_factory=lambda: Parity(None, "not run"))
+    license: str = "mit"
 
     def summary(self) -> str:
         lines = [
             f"Wrote {self.model_class} ({self.num_parameters:,} parameters, attention layout "
             f"'{self.attention_layout}') to {self.out_dir}",
+            f"Parity, max |Δ| of cell embeddings vs the official scGPT code: {self.parity.describe()}",
             f"Checkpoint keys not used ({len(self.unused_keys)}): {', '.join(self.unused_keys) or 'none'}",
             f"Weights freshly initialised ({len(self.initialized_keys)}): "
             f"{', '.join(self.initialized_keys) or 'none'}",
@@ -241,7 +254,14 @@ def rename_official_keys(
 
 
 def convert_scgpt_checkpoint(
-    src_dir: str | Path, out_dir: str | Path, overwrite: bool = False, checkpoint_file: str = CHECKPOINT_FILE
+    src_dir: str | Path,
+    out_dir: str | Path,
+    overwrite: bool = False,
+    checkpoint_file: str = CHECKPOINT_FILE,
+    *,
+    repo_id: str | None = None,
+    source: str | None = None,
+    license: str = "mit",
 ) -> ConversionReport:
     """Convert an official scGPT checkpoint folder into a Hugging Face folder loadable with `from_pretrained`.
 
@@ -250,6 +270,9 @@ def convert_scgpt_checkpoint(
     `ScGPTForCellClassification`, whose head is named `classifier` (transformers' and peft's name); integration
     checkpoints (batch embedding or discriminator) become `ScGPTForBatchIntegration`. Each loads into the others
     with the heads it lacks initialised.
+    The model card (`README.md`) names `repo_id` (the Hub repo it will be pushed to) or else `out_dir` as what to
+    load, `source` (default: the checkpoint's folder, file name and SHA-256) and `license` (scGPT's is MIT); it
+    holds the parity figure measured here when the official scGPT code is installed ("not measured" otherwise).
     Everything is written to a temporary folder first, so a failure leaves `out_dir` untouched.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -289,19 +312,69 @@ def convert_scgpt_checkpoint(
             f"Checkpoint tensors with no place in {model_class.__name__}: {result.unexpected_keys}"
         )
 
-    staging = make_staging_dir(out_dir)
-    try:
-        model.save_pretrained(staging)
-        shutil.copyfile(vocab_path, staging / VOCAB_FILE)
-        publish(staging, out_dir, command="convert")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return ConversionReport(
+    report = ConversionReport(
         out_dir=out_dir,
         model_class=model_class.__name__,
         num_parameters=model.num_parameters(),
         attention_layout=layout,
         unused_keys=sorted(unused),
         initialized_keys=sorted(result.missing_keys),
+        vocab_size=len(vocab),
+        source=source or f"`{src_dir.name}/{checkpoint_file}` (SHA-256 `{_sha256(checkpoint)}`)",
+        parity=measure_parity(model, state, vocab),
+        license=license,
     )
+    staging = make_staging_dir(out_dir)
+    try:
+        model.save_pretrained(staging)
+        shutil.copyfile(vocab_path, staging / VOCAB_FILE)
+        (staging / CARD_FILE).write_text(render_base_card(report, model.config, repo_id or str(out_dir)))
+        publish(staging, out_dir, command="convert")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def render_base_card(report: ConversionReport, config: ScGPTConfig, model_ref: str) -> str:
+    """The converted base's model card; `model_ref` is what it tells readers to load (a Hub id or a folder)."""
+    metadata = ModelCardData(
+        library_name="transformers",
+        license=report.license,
+        tags=["single-cell", "scgpt", "scpeft-hf", "converted"],
+        pipeline_tag="feature-extraction",
+        parity_max_abs_diff=report.parity.max_abs_diff,
+    )
+    architecture = (
+        f"`{report.model_class}` ({report.num_parameters:,} parameters): hidden size {config.hidden_size}, "
+        f"{config.num_hidden_layers} layers, {config.num_attention_heads} attention heads, feed-forward "
+        f"{config.intermediate_size}, {'pre' if config.pre_norm else 'post'}-norm, `{config.input_emb_style}` "
+        f"value encoding with {config.n_bins} bins, cell embedding `{config.cell_emb_style}`, at most "
+        f"{config.max_seq_len} genes per cell; attention converted from the `{report.attention_layout}` layout"
+    )
+    licence = (
+        f"`{report.license}`, the licence given at conversion (`--license`), which should be the source's."
+    )
+    values = {
+        "metadata": metadata.to_yaml().rstrip("\n"),
+        "title": f"scGPT base ({config.num_hidden_layers} layers, {report.vocab_size:,} tokens)",
+        "architecture": architecture,
+        "source": report.source,
+        "unused_keys": ", ".join(f"`{key}`" for key in report.unused_keys) or "none",
+        "initialized_keys": ", ".join(f"`{key}`" for key in report.initialized_keys) or "none",
+        "vocab_size": f"{report.vocab_size:,}",
+        "pad_id": config.pad_token_id,
+        "cls_id": config.cls_token_id,
+        "parity": report.parity.describe(),
+        "model_ref": model_ref,
+        "license_note": licence,
+    }
+    return string.Template(CARD_TEMPLATE.read_text()).substitute(values)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
