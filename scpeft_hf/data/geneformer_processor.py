@@ -33,7 +33,13 @@ from anndata import AnnData
 
 from ..errors import InvalidInputError, MissingFileError
 from .collator import GeneformerDataCollator
-from .geneformer_dictionaries import load_dictionary
+from .geneformer_dictionaries import (
+    DICTIONARY_PATTERNS,
+    GeneTable,
+    find_dictionary,
+    gene_table_frame,
+    load_dictionary,
+)
 from .processing_utils import MODEL_CONFIG_NAME, PROCESSOR_CONFIG_NAME, CellProcessor, select_columns
 from .rank_value import cell_totals, check_counts, rank_value_order, truncate, wrap
 from .streaming import iter_csr_chunks
@@ -46,14 +52,6 @@ __all__ = ["GeneformerDataCollator", "GeneformerProcessor", "rank_value_order"]
 TOKEN_DICTIONARY_NAME = "token_dictionary.json"
 MEDIAN_DICTIONARY_NAME = "gene_median_dictionary.json"
 GENE_NAME_ID_NAME = "gene_name_id_dictionary.json"
-# Official file name patterns, for model folders the dictionaries were copied into.
-DICTIONARY_PATTERNS = {
-    "token": "token_dictionary*",
-    "median": "gene_median_dictionary*",
-    "gene_name_id": "gene_name_id_dict*",
-}
-
-GeneTable = pd.DataFrame | Mapping | str | os.PathLike
 
 
 class GeneformerProcessor(CellProcessor):
@@ -217,7 +215,7 @@ class GeneformerProcessor(CellProcessor):
         """A Geneformer model folder: `config.json` plus `token_dictionary*` and `gene_median_dictionary*`
         (`.pkl` or `.json`; `gene_name_id_dict*` is optional); `max_length` comes from `max_position_embeddings`
         and the token dictionary must have exactly `vocab_size` tokens."""
-        files = {kind: _find_dictionary(directory, kind) for kind in DICTIONARY_PATTERNS}
+        files = {kind: find_dictionary(directory, kind) for kind in DICTIONARY_PATTERNS}
         for kind in ("token", "median"):
             if files[kind] is None:
                 raise MissingFileError(
@@ -277,7 +275,7 @@ class GeneformerProcessor(CellProcessor):
         token_ids = stripped.map(self._gene_tokens)
         table = gene_table if gene_table is not None else self.gene_name_id_dictionary
         if table is not None:
-            pairs = read_gene_table(_as_table(table))
+            pairs = read_gene_table(gene_table_frame(table))
             pairs = pairs.assign(token_id=pairs["alias"].map(self._gene_tokens)).dropna(subset="token_id")
             via_table = stripped.map(pairs.drop_duplicates("name").set_index("name")["token_id"])
             token_ids = token_ids.fillna(via_table)
@@ -384,26 +382,3 @@ class _RankPlan:
     columns: np.ndarray  # var indices of the dictionary genes
     token_ids: np.ndarray  # their token ids
     medians: np.ndarray  # their normalisation factors
-
-
-def _as_table(table: GeneTable) -> pd.DataFrame | str | os.PathLike:
-    """A symbol → Ensembl table as `read_gene_table` takes it; dicts and official pickles become DataFrames."""
-    if isinstance(table, Mapping):
-        return pd.DataFrame({"symbol": list(table.keys()), "ensembl_id": list(table.values())})
-    if isinstance(table, (str, os.PathLike)) and str(table).endswith((".pkl", ".pickle", ".json")):
-        return _as_table(load_dictionary(table, "gene_name_id"))
-    return table
-
-
-def _find_dictionary(directory: Path, kind: str) -> Path | None:
-    found = sorted(
-        path
-        for path in directory.glob(DICTIONARY_PATTERNS[kind])
-        if path.suffix in (".pkl", ".pickle", ".json")
-    )
-    if len(found) > 1:
-        raise InvalidInputError(
-            f"{directory} has several {DICTIONARY_PATTERNS[kind]} files ({', '.join(p.name for p in found)}); "
-            f"keep only the one that matches the model"
-        )
-    return found[0] if found else None

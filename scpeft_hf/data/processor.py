@@ -151,26 +151,10 @@ class ScGPTProcessor(CellProcessor):
         self.pad_value = int(pad_value)
         self.mask_value = int(mask_value)
         self.species = species or (gene_map.species if gene_map is not None else None)
-        self.gene_map = self._resolve_gene_map(gene_map, ortholog_table, ortholog_policy)
+        self.gene_map = GeneMap.for_species(self.species, gene_map, ortholog_table, ortholog_policy)
         self.strict = strict
         self.pretrained_genes = pretrained_genes
         self.ortholog_coverage: OrthologCoverage | None = None  # of the last AnnData processed
-
-    def _resolve_gene_map(self, saved: GeneMap | None, table, policy: Policy | None) -> GeneMap | None:
-        """The saved map when it fits the species and no other table or policy is asked for, else a new one."""
-        if self.species in (None, "human"):
-            if table is not None or policy is not None:
-                raise InvalidInputError(
-                    "an ortholog table or policy needs species= (--species), the species of the cells"
-                )
-            return None
-        keep = (
-            saved is not None
-            and saved.species == self.species
-            and table is None
-            and policy in (None, saved.policy)
-        )
-        return saved if keep else GeneMap.from_table(self.species, table, policy or "sum")
 
     @property
     def pad_token_id(self) -> int:

@@ -189,9 +189,7 @@ def ortholog_coverage(processor: Processor, adata: AnnData) -> dict | None:
 
 
 def make_collator(processor: Processor, train: bool, **kwargs) -> ScGPTDataCollator | GeneformerDataCollator:
-    if isinstance(processor, GeneformerProcessor):
-        return GeneformerDataCollator.from_processor(processor, training=train, **kwargs)
-    return ScGPTDataCollator.from_processor(processor, training=train, **kwargs)
+    return processor.data_collator(training=train, **kwargs)
 
 
 def load_classifier(folder: str | Path, processor: Processor, **config_overrides) -> PreTrainedModel:
