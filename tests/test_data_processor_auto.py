@@ -214,6 +214,11 @@ def test_use_raw_and_layer_read_the_matrix_they_name_and_are_saved(tmp_path, sca
     from_raw = ScGPTProcessor.from_pretrained(DEMO_BACKBONE, use_raw=True)(adata)
     assert from_raw["input_ids"] == expected["input_ids"] and from_raw["values"] == expected["values"]
     assert max(from_raw["length"]) > 100  # real cells, not empty ones
+    adata.write_h5ad(tmp_path / "scaled.h5ad")
+    streamed = ScGPTProcessor.from_pretrained(DEMO_BACKBONE, use_raw=True, chunk_size=50).tokenize_h5ad(
+        tmp_path / "scaled.h5ad", cache_dir=tmp_path / "cache"
+    )
+    assert streamed["input_ids"] == expected["input_ids"] and streamed["values"] == expected["values"]
 
     adata.layers["log1p"] = adata.raw.X.copy()
     from_layer = processor(adata, layer="log1p")  # a call's choice replaces the saved one for that call
@@ -272,7 +277,9 @@ def test_train_on_scanpys_own_pbmc68k_reduced_with_use_raw_and_predict_with_the_
     saved = AutoProcessor.from_pretrained(adapter)
     assert type(saved) is ScGPTProcessor and saved.use_raw is True
     metrics = json.loads((adapter / "metrics.json").read_text())
-    assert saved.label_names == json.loads((adapter / "run_info.json").read_text())["label_names"]
+    run_info = json.loads((adapter / "run_info.json").read_text())
+    assert saved.label_names == run_info["label_names"]
+    assert run_info["preprocessing"].endswith("read from `.raw.X`.")
     assert 0 <= metrics["test_accuracy"] <= 1 and 0 <= metrics["baseline"]["test_accuracy"] <= 1
     print(
         f"\nencoder, 1 epoch on {cells.n_obs} cells (.raw): test accuracy {metrics['test_accuracy']:.3f}, macro-F1 "
