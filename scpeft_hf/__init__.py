@@ -1,13 +1,14 @@
 """scpeft-hf: parameter-efficient fine-tuning of single-cell foundation models on the Hugging Face stack.
 
-Importing the package registers its models with transformers' Auto classes and its tuners with peft. Those need
-only torch, transformers and peft; the data room (processors, collators: anndata, datasets, pyarrow) is imported
+Importing the package registers its models with transformers' Auto classes (`AutoProcessor` included: see
+`scpeft_hf/data/auto.py`) and its tuners with peft. Those need only torch, transformers and peft; the data room (processors, collators: anndata, datasets, pyarrow) is imported
 on first use of one of its names, so `import scpeft_hf` also works where only the model stack is installed.
 """
 
 import importlib
 from typing import Any
 
+from .data.auto import register_processors
 from .models.geneformer import (
     GeneformerConfig,
     GeneformerForCellClassification,
@@ -33,6 +34,11 @@ from .tuners import (
 )
 
 __version__ = "0.2.0"
+
+# `AutoProcessor.from_pretrained(folder or Hub id)` returns the processor saved there: one (config class, processor
+# name) pair per backbone whose config class is ours (transformers refuses to file processors under BertConfig).
+PROCESSOR_REGISTRATIONS = [(ScGPTConfig, "ScGPTProcessor"), (GeneformerConfig, "GeneformerProcessor")]
+register_processors(PROCESSOR_REGISTRATIONS)
 
 # names served from the data room on first access (PEP 562), with the submodule that defines them
 _LAZY = {

@@ -132,7 +132,7 @@ def test_a_converted_model_folder_gives_its_settings(tmp_path):
 def test_auto_input_kind_is_logged(caplog):
     adata = pbmc()[:50]
     processor = ScGPTProcessor(pbmc_vocab(adata))
-    with caplog.at_level(logging.INFO, logger="scpeft_hf.data.processor"):
+    with caplog.at_level(logging.INFO, logger="scpeft_hf.data"):
         processor(adata)
         log_normalised = adata.copy()
         log_normalised.X = sp.csr_matrix(np.log1p(adata.X.toarray() / 7))

@@ -99,6 +99,31 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """Which matrix and gene names of the .h5ad the processor reads; `train` saves the choice with the adapter."""
+    matrix = parser.add_mutually_exclusive_group()
+    matrix.add_argument(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="read adata.layers[NAME] instead of X (train saves the choice; predict and embed default to it)",
+    )
+    matrix.add_argument(
+        "--use-raw",
+        action="store_const",
+        const=True,
+        default=None,
+        help="read adata.raw.X and the genes of adata.raw.var, e.g. for data whose X was scaled by sc.pp.scale "
+        "(train saves the choice; predict and embed default to it)",
+    )
+    parser.add_argument(
+        "--gene-column",
+        default=None,
+        metavar="COLUMN",
+        help="var column holding the gene names (default: the var index, or what the adapter was trained with)",
+    )
+
+
 def add_species_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--species",

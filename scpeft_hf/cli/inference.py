@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .common import add_base_option, add_species_option, check_out_file, read_h5ad, write_h5ad
+from .common import (
+    add_base_option,
+    add_input_options,
+    add_species_option,
+    check_out_file,
+    read_h5ad,
+    write_h5ad,
+)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -16,7 +23,14 @@ def _predict(args: argparse.Namespace) -> int:
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
     cells = read_h5ad(args.data)
-    annotator = load_annotator(args.adapter, base=args.base, species=args.species)
+    annotator = load_annotator(
+        args.adapter,
+        base=args.base,
+        species=args.species,
+        layer=args.layer,
+        use_raw=args.use_raw,
+        gene_column=args.gene_column,
+    )
     adata = annotator.predict(cells, batch_size=args.batch_size)
     metrics = _score_predictions(args, adata, annotator) if args.label_key else None
     write_h5ad(adata, args.out)
@@ -85,6 +99,9 @@ def _embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         species=args.species,
         batch_key=args.batch_key,
+        layer=args.layer,
+        use_raw=args.use_raw,
+        gene_column=args.gene_column,
     )
     write_h5ad(adata, args.out)
     print(
@@ -136,6 +153,7 @@ def add_predict_command(commands) -> None:
     add_base_option(predict, "the one the adapter names, at its recorded commit")
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_input_options(predict)
     add_species_option(predict)
     predict.add_argument(
         "--label-key",
@@ -169,6 +187,7 @@ def add_embed_command(commands) -> None:
     embed.add_argument("--out", required=True, help=".h5ad file to write")
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_input_options(embed)
     add_species_option(embed)
     embed.add_argument(
         "--batch-key",

@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     INPUT_KINDS,
     add_base_option,
+    add_input_options,
     add_species_option,
     add_speed_options,
     add_train_options,
@@ -57,6 +58,9 @@ def _train(args: argparse.Namespace) -> int:
         species=SpeciesSettings(args.species, args.ortholog_table, args.ortholog_policy, args.strict),
         test_groups=args.test_groups,
         resume=args.resume,
+        layer=args.layer,
+        use_raw=bool(args.use_raw),
+        gene_column=args.gene_column,
     )
     if result.metrics:
         print(
@@ -158,6 +162,7 @@ def add_train_command(commands) -> None:
         default=None,
         help="what .X holds: raw counts, log1p-normalised values, or auto-detect (default: the processor's)",
     )
+    add_input_options(train)
     add_train_options(train)
     train.add_argument(
         "--no-class-weights", action="store_true", help="do not weight the loss by class frequency"

@@ -1,4 +1,7 @@
-"""`ScGPTDataCollator`: pads tokenized cells into model batches for `transformers.Trainer`.
+"""Collators that pad tokenized cells into model batches for `transformers.Trainer`: `ScGPTDataCollator` (gene ids
+and binned values, with subsampling and masking) and `GeneformerDataCollator` (rank-value encoded gene ids).
+
+scGPT:
 
 Over-long cells (more than `max_length` tokens, `<cls>` included) are cut to `<cls>` plus `max_length - 1`
 genes drawn without replacement, kept in their original order. In training mode, rows that carry their
@@ -28,8 +31,27 @@ from transformers import TrainerCallback
 from ..errors import InvalidInputError
 
 
+class _CollatorMode:
+    """Training/eval switch shared by the collators (`Trainer` uses one collator for both)."""
+
+    training: bool
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+def _class_labels(features: Sequence[dict]) -> torch.Tensor | None:
+    if "labels" in features[0] and features[0]["labels"] is not None:
+        return torch.tensor([row["labels"] for row in features], dtype=torch.long)
+    return None
+
+
 @dataclass
-class ScGPTDataCollator:
+class ScGPTDataCollator(_CollatorMode):
     """Batch `input_ids`/`values` (+ `labels`) rows of an :class:`~scpeft_hf.data.ScGPTProcessor` Dataset.
 
     Args:
@@ -78,13 +100,6 @@ class ScGPTDataCollator:
         }
         return cls(**{**settings, **kwargs})
 
-    def train(self, mode: bool = True) -> ScGPTDataCollator:
-        self.training = mode
-        return self
-
-    def eval(self) -> ScGPTDataCollator:
-        return self.train(False)
-
     def set_epoch(self, epoch: int) -> None:
         """The epoch that training draws depend on (with the seed and each row's dataset index)."""
         self.epoch = int(epoch)
@@ -109,8 +124,8 @@ class ScGPTDataCollator:
         if self.mlm_probability > 0:
             batch["labels"] = torch.from_numpy(values.copy())
             values = self._mask(values, attention_mask, generators)
-        elif "labels" in features[0] and features[0]["labels"] is not None:
-            batch["labels"] = torch.tensor([row["labels"] for row in features], dtype=torch.long)
+        elif (labels := _class_labels(features)) is not None:
+            batch["labels"] = labels
         batch["values"] = torch.from_numpy(values)
         if "batch_labels" in features[0]:
             batch["batch_labels"] = torch.tensor([row["batch_labels"] for row in features], dtype=torch.long)
@@ -150,6 +165,44 @@ class ScGPTDataCollator:
             positions = generator.choice(n_genes, n_masked, replace=False) + 1
             masked[index, positions] = self.mask_value
         return masked
+
+
+@dataclass
+class GeneformerDataCollator(_CollatorMode):
+    """Pad rank-value encoded cells into BERT batches: `input_ids`, `attention_mask` and `labels` (if present).
+
+    Sequences are already cut to the model's input size by the processor; `max_length` only guards that.
+    Nothing is random, so `training` (kept for the same interface as the scGPT collator) changes nothing.
+    """
+
+    pad_token_id: int
+    max_length: int = 4096
+    training: bool = True
+
+    @classmethod
+    def from_processor(cls, processor, **kwargs) -> GeneformerDataCollator:
+        settings = {"pad_token_id": processor.pad_token_id, "max_length": processor.max_length}
+        return cls(**{**settings, **kwargs})
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        cells = [np.asarray(row["input_ids"], dtype=np.int64) for row in features]
+        lengths = np.array([len(cell) for cell in cells])
+        if lengths.max(initial=0) > self.max_length:
+            raise InvalidInputError(
+                f"a cell has {lengths.max()} tokens but max_length is {self.max_length}; tokenize with the "
+                f"processor of this model"
+            )
+        width = max(int(lengths.max(initial=0)), 1)
+        real = np.arange(width) < lengths[:, None]
+        input_ids = np.full((len(cells), width), self.pad_token_id, dtype=np.int64)
+        input_ids[real] = np.concatenate(cells) if cells else []
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+        }
+        if (labels := _class_labels(features)) is not None:
+            batch["labels"] = labels
+        return batch
 
 
 class CollatorEpochCallback(TrainerCallback):

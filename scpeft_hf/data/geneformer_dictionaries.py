@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InvalidInputError
 
+# Official file name patterns, for model folders the dictionaries were copied into.
+DICTIONARY_PATTERNS = {
+    "token": "token_dictionary*",
+    "median": "gene_median_dictionary*",
+    "gene_name_id": "gene_name_id_dict*",
+}
+GeneTable = pd.DataFrame | Mapping | str | os.PathLike
 DictionaryKind = Literal["token", "median", "gene_name_id"]
 _VALUE_TYPES: dict[str, tuple[type, ...]] = {"token": (int,), "median": (int, float), "gene_name_id": (str,)}
 _NUMERIC_DTYPES = {"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"}
@@ -103,3 +111,27 @@ def convert_dictionary_to_json(
     data = load_dictionary(source, kind)
     Path(target).write_text(json.dumps(data, ensure_ascii=False))
     return Path(target)
+
+
+def find_dictionary(directory: Path, kind: DictionaryKind) -> Path | None:
+    """The one official `kind` dictionary (`.pkl`/`.pickle`/`.json`) in a model folder, or None."""
+    found = sorted(
+        path
+        for path in directory.glob(DICTIONARY_PATTERNS[kind])
+        if path.suffix in (".pkl", ".pickle", ".json")
+    )
+    if len(found) > 1:
+        raise InvalidInputError(
+            f"{directory} has several {DICTIONARY_PATTERNS[kind]} files ({', '.join(p.name for p in found)}); "
+            f"keep only the one that matches the model"
+        )
+    return found[0] if found else None
+
+
+def gene_table_frame(table: GeneTable) -> pd.DataFrame | str | os.PathLike:
+    """A symbol → Ensembl table as `read_gene_table` takes it; dicts and official pickles become DataFrames."""
+    if isinstance(table, Mapping):
+        return pd.DataFrame({"symbol": list(table.keys()), "ensembl_id": list(table.values())})
+    if isinstance(table, (str, os.PathLike)) and str(table).endswith((".pkl", ".pickle", ".json")):
+        return gene_table_frame(load_dictionary(table, "gene_name_id"))
+    return table

@@ -196,6 +196,30 @@ class GeneMap:
             source_ensembl=bool(ensembl),
         )
 
+    @classmethod
+    def for_species(
+        cls,
+        species: str | None,
+        saved: GeneMap | None = None,
+        table: pd.DataFrame | str | os.PathLike | None = None,
+        policy: Policy | None = None,
+    ) -> GeneMap | None:
+        """The map a processor for `species` uses: none for human cells; the `saved` one when it fits the species
+        and no other table or policy is asked for; else a new one from `table` (or the shipped one)."""
+        if species in (None, "human"):
+            if table is not None or policy is not None:
+                raise InvalidInputError(
+                    "an ortholog table or policy needs species= (--species), the species of the cells"
+                )
+            return None
+        keep = (
+            saved is not None
+            and saved.species == species
+            and table is None
+            and policy in (None, saved.policy)
+        )
+        return saved if keep else cls.from_table(species, table, policy or "sum")
+
     def save(self, directory: str | os.PathLike) -> None:
         settings = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "mapping"}
         payload = {**settings, "mapping": dict(sorted(self.mapping.items()))}

@@ -164,6 +164,9 @@ def train_annotation(
     test_groups: Mapping[str, Sequence[str]] | str | None = None,
     resume: bool = False,
     revision: str | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
+    gene_column: str | None = None,
 ) -> AnnotationResult:
     """Fine-tune `method` on `adata.obs[label_key]` and write a complete, shareable folder to `out_dir`.
 
@@ -173,6 +176,8 @@ def train_annotation(
     With `species`, genes go through an ortholog map first; it is saved with the processor (`gene_map.json`).
     `base` is a folder or a Hub id (`user/name` at `revision`, or `user/name@revision`); a Hub base is recorded in
     `run_info.json` and `adapter_config.json` by its id and resolved commit, never by a local path.
+    `layer` / `use_raw` read `adata.layers[layer]` / `adata.raw.X` (and `.raw.var`) instead of X, `gene_column` names
+    the `var` column with the gene names; all three are saved in `processor_config.json`, so predict reads the same.
 
     `test_groups` (`{"donor": ["human1"]}` or `"donor=human1"`) holds those groups out as the test split, with
     validation carved from the other cells, stratified. `metrics.json` carries a logistic-regression baseline
@@ -205,6 +210,9 @@ def train_annotation(
         base_dir,
         input_kind=input_kind,
         max_length=settings.max_length,
+        layer=layer,
+        use_raw=use_raw,
+        gene_column=gene_column,
         **asdict(species or SpeciesSettings()),
     )
     gene_coverage = ortholog_coverage(processor, adata)
@@ -320,7 +328,7 @@ def train_annotation(
             metrics["dropped_classes"] = dropped_classes
         if settings.baseline:
             metrics["baseline"] = logistic_regression_baseline(
-                adata, label_key, splits["train"], splits["test"], settings.baseline_features,
+                processor.select_input(adata), label_key, splits["train"], splits["test"], settings.baseline_features,
                 processor.to_dict().get("input_kind", "auto"), settings.baseline_time_limit,
             )  # fmt: skip
 
@@ -406,9 +414,23 @@ def load_annotator(
     base: str | Path | None = None,
     species: str | None = None,
     revision: str | None = None,
+    *,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    gene_column: str | None = None,
 ) -> Annotator:
     """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
     `adapter` ("user/name"); see `load_trained_model` (the base model must match the recorded fingerprint).
-    `species` maps the cells' genes to human ones (an adapter trained with a species applies its saved map)."""
-    model, processor, run_info = load_trained_model(adapter, base, species=species, revision=revision)
+    `species` maps the cells' genes to human ones (an adapter trained with a species applies its saved map).
+    Cells are read as at training time (X, a layer or `.raw`; the gene column) unless `layer`, `use_raw` or
+    `gene_column` say otherwise."""
+    model, processor, run_info = load_trained_model(
+        adapter,
+        base,
+        species=species,
+        revision=revision,
+        layer=layer,
+        use_raw=use_raw,
+        gene_column=gene_column,
+    )
     return Annotator(model=model, processor=processor, run_info=run_info)

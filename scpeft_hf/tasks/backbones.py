@@ -224,9 +224,7 @@ def ortholog_coverage(processor: Processor, adata: AnnData) -> dict | None:
 
 
 def make_collator(processor: Processor, train: bool, **kwargs) -> ScGPTDataCollator | GeneformerDataCollator:
-    if isinstance(processor, GeneformerProcessor):
-        return GeneformerDataCollator.from_processor(processor, training=train, **kwargs)
-    return ScGPTDataCollator.from_processor(processor, training=train, **kwargs)
+    return processor.data_collator(training=train, **kwargs)
 
 
 def load_classifier(folder: str | Path, processor: Processor, **config_overrides) -> PreTrainedModel:
@@ -299,8 +297,16 @@ def _geneformer_pooling(processor: GeneformerProcessor, folder: str | Path) -> d
 
 
 def describe_preprocessing(processor: Processor) -> str:
-    """One sentence a model card can show."""
-    settings = processor.to_dict()
+    """One sentence a model card can show, naming the matrix read when it is not X."""
+    sentence = _describe_steps(processor, processor.to_dict())
+    if processor.use_raw:
+        return f"{sentence[:-1]}, read from `.raw.X`."
+    if processor.layer:
+        return f"{sentence[:-1]}, read from layer `{processor.layer}`."
+    return sentence
+
+
+def _describe_steps(processor: Processor, settings: dict) -> str:
     if isinstance(processor, GeneformerProcessor):
         specials = "`<cls>` … `<eos>`" if settings["special_tokens"] else "no special tokens"
         return (

@@ -26,6 +26,7 @@ def load_trained_model(
     base: str | Path | None = None,
     species: str | None = None,
     revision: str | None = None,
+    **input_selection,
 ) -> tuple[PreTrainedModel | PeftModel, Processor, dict]:
     """(model in eval mode, processor, run_info) of a folder written by `train_annotation`, or of an adapter
     shared on the Hub under `adapter` ("user/name", see `push_adapter`) when no such local folder exists.
@@ -34,6 +35,7 @@ def load_trained_model(
     folder, or a Hub id at `revision` or written `user/name@revision`) overrides it; either way its weights
     must match the recorded fingerprint, so an adapter is never applied to a different backbone. `species`
     maps the cells' genes to human ones (an adapter trained with a species applies its saved map by itself).
+    `input_selection` (`layer`, `use_raw`, `gene_column`; None keeps the saved one) overrides what the processor reads.
     """
     from .hub import resolve_adapter  # hub.py builds on the annotation task, so it is imported on use
 
@@ -42,7 +44,7 @@ def load_trained_model(
     if not info_path.is_file():
         raise MissingFileError(f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf train`")
     run_info = json.loads(info_path.read_text())
-    processor = load_processor(adapter_dir, species=species)
+    processor = load_processor(adapter_dir, species=species).with_input(**input_selection)
     if run_info["method"] in PEFT_METHODS:
         base_dir = resolve_base(
             base or run_info["base_model"], revision if base else run_info.get("base_model_revision")
