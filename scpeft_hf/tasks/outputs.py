@@ -48,6 +48,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def run_record(
+    task: str, settings: Mapping, *, base: Mapping | None = None, adapter: str | None = None, **details
+) -> dict:
+    """The `uns[key_added]` record of one run: the task, its settings, the base model and adapter it used, any
+    `details` (method, label or batch column...) and the package versions. The in-memory and the streaming paths
+    both build their record here."""
+    record = {"task": task, "settings": dict(settings), "base": base, "adapter": adapter, **details}
+    return storable(record | {"versions": package_versions()})
+
+
+def base_record(run_info: Mapping) -> dict:
+    """The base model as a trained folder's run_info.json records it: every `base_model*` entry (name, revision,
+    fingerprint), without the prefix."""
+    return {
+        "name" if key == "base_model" else key.removeprefix("base_model_"): value
+        for key, value in run_info.items()
+        if key.startswith("base_model")
+    }
+
+
 def storable(value):
     """`value` with every None dropped and tuples made lists, so that h5ad can store it in `uns`."""
     if isinstance(value, Mapping):
