@@ -7,7 +7,8 @@ For `key_added="scpeft"` (the default):
 - `obs["scpeft_confidence"]`: probability of the predicted label;
 - `obsm["X_scpeft"]`: cell embeddings;
 - `obsm["scpeft_probabilities"]`: class probabilities, columns in the order of `uns["scpeft"]["labels"]`;
-- `uns["scpeft"]`: what produced them (settings, package versions, base, adapter), plus `labels`.
+- `uns["scpeft"]`: what produced them (settings, package versions, base, adapter), plus `labels`;
+- `layers["scpeft_attention"]` and `uns["scpeft_markers"]`: `markers`' per-cell gene scores and its ranking.
 
 `CellResults.write_into(adata, copy=...)` follows scanpy: `copy=False` writes in place and returns None,
 `copy=True` returns a new AnnData and leaves `adata` alone.
@@ -35,6 +36,16 @@ def check_key_added(key_added: str) -> str:
             f"key_added {key_added!r} is not a usable key; pass a short name such as 'scpeft' (no '/')"
         )
     return key_added
+
+
+def scores_layer(key_added: str = DEFAULT_KEY) -> str:
+    """The layer of per-cell gene scores under `key_added`: `layers[f"{key_added}_attention"]`."""
+    return f"{check_key_added(key_added)}_attention"
+
+
+def markers_key(key_added: str = DEFAULT_KEY) -> str:
+    """The `uns` entry of the marker ranking (scanpy's `rank_genes_groups` layout): `uns[f"{key_added}_markers"]`."""
+    return f"{check_key_added(key_added)}_markers"
 
 
 def package_versions() -> dict[str, str]:

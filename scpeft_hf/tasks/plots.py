@@ -1,4 +1,5 @@
-"""Figures written next to a trained model: a confusion matrix and a UMAP of test-cell embeddings.
+"""Figures written next to a trained model (a confusion matrix and a UMAP of test-cell embeddings) and beside
+marker genes (a dotplot).
 
 Every figure of one model colours a label the same way: one category set (the model's labels, in its order) and
 one palette (`label_palette`, scanpy's default for that many categories) serve the true and predicted UMAP panels
@@ -20,6 +21,8 @@ import scanpy as sc
 from matplotlib.figure import Figure
 from scanpy.plotting import palettes
 from sklearn.metrics import ConfusionMatrixDisplay
+
+from .outputs import DEFAULT_KEY, markers_key, scores_layer
 
 UMAP_PANELS = ("true", "predicted")
 
@@ -69,7 +72,9 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray, names: li
     confusion_matrix_figure(labels, predictions, names).savefig(path, dpi=120)
 
 
-def umap_figure(embeddings: np.ndarray, names: list[str], labels: np.ndarray, predictions: np.ndarray) -> Figure:
+def umap_figure(
+    embeddings: np.ndarray, names: list[str], labels: np.ndarray, predictions: np.ndarray
+) -> Figure:
     """UMAP of cell embeddings coloured by true and by predicted cell type, both panels over all of `names`
     (the label indices of `labels` and `predictions`) with one palette."""
     categories = [str(name) for name in names]
@@ -91,3 +96,33 @@ def plot_umap(
     embeddings: np.ndarray, names: list[str], labels: np.ndarray, predictions: np.ndarray, path: Path
 ) -> None:
     umap_figure(embeddings, names, labels, predictions).savefig(path, dpi=120, bbox_inches="tight")
+
+
+def markers_figure(
+    adata: ad.AnnData, label_key: str, n_genes: int = 5, key_added: str = DEFAULT_KEY
+) -> Figure:
+    """Dotplot (scanpy) of each group's top `n_genes` in `adata.uns[f"{key_added}_markers"]`: colour = mean
+    attention score in the group, size = fraction of its cells in which the gene was scored."""
+    names = adata.uns[markers_key(key_added)]["names"]
+    genes = {group: [str(gene) for gene in names[group][:n_genes]] for group in names.dtype.names}
+    width = 3 + 0.3 * sum(map(len, genes.values()))
+    figure = Figure(figsize=(width, 2 + 0.35 * adata.obs[label_key].nunique()))
+    plot = sc.pl.DotPlot(
+        adata,
+        genes,
+        groupby=label_key,
+        layer=scores_layer(key_added),
+        ax=figure.add_subplot(),
+        title="Attention marker genes",
+    )
+    plot.legend(colorbar_title="mean attention\nscore", size_title="fraction of cells\nscored")
+    plot.make_figure()
+    return figure
+
+
+def plot_markers(
+    adata: ad.AnnData, label_key: str, path, n_genes: int = 5, key_added: str = DEFAULT_KEY
+) -> None:
+    """Save :func:`markers_figure` as PNG to `path` (a file name or a binary file object)."""
+    figure = markers_figure(adata, label_key, n_genes, key_added)
+    figure.savefig(path, format="png", dpi=120, bbox_inches="tight")
