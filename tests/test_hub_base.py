@@ -76,5 +76,5 @@ def test_train_on_a_hub_base_records_it_and_predicts_from_the_cache(hub_cache, c
     result = train_annotation(cells, "bulk_labels", "lora", tmp_path / "out", base=REPO_ID, settings=settings)
     run_info = json.loads((result.out_dir / "run_info.json").read_text())
     assert run_info["base_model"] == REPO_ID and run_info["base_model_revision"] == COMMIT
-    predicted = load_annotator(result.out_dir).predict(cells.copy())
+    predicted = load_annotator(result.out_dir).predict(cells, copy=True)
     assert predicted.obsm["X_scpeft"].shape == (cells.n_obs, 32)

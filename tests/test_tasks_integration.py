@@ -136,7 +136,7 @@ def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path
     model = load_integration_model(out)
     np.testing.assert_allclose(model.embed(baron), integrated.obsm["X_scpeft"], atol=1e-5)
     np.testing.assert_allclose(
-        embed_cells(baron.copy(), adapter=out).obsm["X_scpeft"], integrated.obsm["X_scpeft"], atol=1e-5
+        embed_cells(baron, adapter=out, copy=True).obsm["X_scpeft"], integrated.obsm["X_scpeft"], atol=1e-5
     )
 
     # A donor the adapter never saw: DSBN uses the mean statistics of the training donors, with a warning.

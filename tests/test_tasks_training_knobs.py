@@ -67,7 +67,7 @@ def test_cli_flags_reach_training_arguments(tmp_path):
     knobs = trainer_arguments(
         settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
     )
-    training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **knobs)
+    training_args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **knobs)
     assert training_args.torch_compile and training_args.bf16 and not training_args.fp16
     assert training_args.gradient_accumulation_steps == 4
     defaults = training_settings(
