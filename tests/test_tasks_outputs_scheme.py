@@ -202,6 +202,15 @@ def test_device_and_precision_resolve_the_same_way_for_training_and_inference(mo
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(InvalidInputError, match="only 2 CUDA GPU"):
         resolve_device("cuda:2")
+    # training on cuda:N makes GPU N the current device, which the Trainer then uses; not under torchrun
+    chosen = []
+    monkeypatch.setattr("torch.cuda.set_device", chosen.append)
+    assert trainer_arguments("auto", False, 1, "cuda:1")["use_cpu"] is False and chosen == [
+        torch.device("cuda", 1)
+    ]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InvalidInputError, match="one of several processes"):
+        trainer_arguments("auto", False, 1, "cuda:1")
 
 
 def test_progress_bar_only_on_a_terminal_and_only_when_asked(monkeypatch):

@@ -5,6 +5,7 @@ torch.compile and gradient accumulation (adapter placement lives in `methods`). 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 import torch
@@ -77,6 +78,11 @@ def trainer_arguments(
         )
     target = resolve_device(device)
     if target.type == "cuda" and target.index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InvalidInputError(
+                f"--device {device} names one GPU, but this is one of several processes (torchrun / accelerate "
+                "launch), each on its own GPU: use --device auto or cuda"
+            )
         torch.cuda.set_device(target)
     resolved = resolve_precision(precision, target)
     return {
