@@ -24,12 +24,11 @@ def _predict(args: argparse.Namespace) -> int:
     check_device_options(args)
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
-    cells = read_h5ad(args.data)
+    adata = read_h5ad(args.data)
     annotator = load_annotator(args.adapter, base=args.base, species=args.species, device=args.device)
     annotator.predict(
-        cells, key_added=args.key_added, batch_size=args.batch_size, precision=args.precision, progress=True
+        adata, key_added=args.key_added, batch_size=args.batch_size, precision=args.precision, progress=True
     )
-    adata = cells
     metrics = _score_predictions(args, adata, annotator) if args.label_key else None
     write_h5ad(adata, args.out)
     counts = adata.obs[f"{args.key_added}_pred"].value_counts()
