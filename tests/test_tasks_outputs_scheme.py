@@ -89,7 +89,7 @@ def test_predict_in_place_writes_every_slot_and_returns_none(adapter, cells):
     np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(logits), -1).numpy(), atol=1e-6)
     assert adata.obsm["X_scpeft"].shape == (adata.n_obs, 128)
     assert record["task"] == "predict" and record["adapter"] == str(adapter) and record["method"] == "full"
-    assert record["settings"]["batch_size"] == 16 and record["settings"]["precision"] == "fp32"
+    assert record["settings"]["batch_size"] == 16 and record["settings"]["precision"] == resolve_precision("auto")
     run_info = json.loads((adapter / "run_info.json").read_text())
     assert record["base"] == {"name": "scgpt-offline-v1", "fingerprint": run_info["base_model_fingerprint"]}
     assert {"scpeft-hf", "torch", "transformers", "peft", "anndata"} <= set(record["versions"])
@@ -143,7 +143,7 @@ def test_bf16_inference_is_autocast_and_close_to_fp32(adapter, cells):
 
 def test_embed_with_the_base_follows_the_scheme(cells):
     adata = cells.copy()
-    assert embed_cells(adata, batch_size=16, key_added="zs") is None
+    assert embed_cells(adata, batch_size=16, key_added="zs", device="cpu") is None
     processor = load_processor(DEMO_BACKBONE)
     backbone = load_backbone(DEMO_BACKBONE, processor)
     expected = run_model(backbone, processor(cells), make_collator(processor, False), 16).cell_embeddings
@@ -246,7 +246,7 @@ def test_predict_cli_key_added_precision_and_device(adapter, cells, tmp_path, ca
         written.uns["mine"]["settings"]["device"] == "cpu"
         and list(written.uns["mine"]["labels"]) == CELL_TYPES
     )
-    expected = load_annotator(adapter).predict(cells, copy=True)
+    expected = load_annotator(adapter, device="cpu").predict(cells, copy=True, precision="fp32")
     np.testing.assert_array_equal(written.obsm["mine_probabilities"], expected.obsm["scpeft_probabilities"])
     capsys.readouterr()
     embedded = tmp_path / "embedded.h5ad"

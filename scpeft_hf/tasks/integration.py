@@ -289,7 +289,7 @@ def integrate(
         }
         (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2))
         record = run_record(
-            "integrate",
+            "integration",
             asdict(settings) | {"learning_rate": learning_rate},
             base=base_record(run_info),
             adapter=str(out_dir),
