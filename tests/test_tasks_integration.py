@@ -133,7 +133,8 @@ def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path
     )
     record = integrated.uns["scpeft"]
     assert record["settings"]["precision"] == "auto" and record["precision_used"] == resolve_precision("auto")
-    assert record["base"]["fingerprint"] == json.loads((out / "run_info.json").read_text())["base_model_fingerprint"]
+    run_info = json.loads((out / "run_info.json").read_text())
+    assert record["base"]["fingerprint"] == run_info["base_model_fingerprint"]
     assert record["embeddings"]["scpeft"] == "X_scpeft" and "torch" in record["versions"]
     assert "README.md" in names and "DSBN" in (out / "README.md").read_text()
 

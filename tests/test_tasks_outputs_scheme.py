@@ -89,7 +89,8 @@ def test_predict_in_place_writes_every_slot_and_returns_none(adapter, cells):
     np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(logits), -1).numpy(), atol=1e-6)
     assert adata.obsm["X_scpeft"].shape == (adata.n_obs, 128)
     assert record["task"] == "predict" and record["adapter"] == str(adapter) and record["method"] == "full"
-    assert record["settings"]["batch_size"] == 16 and record["settings"]["precision"] == resolve_precision("auto")
+    assert record["settings"]["batch_size"] == 16
+    assert record["settings"]["precision"] == resolve_precision("auto")
     run_info = json.loads((adapter / "run_info.json").read_text())
     assert record["base"] == {"name": "scgpt-offline-v1", "fingerprint": run_info["base_model_fingerprint"]}
     assert {"scpeft-hf", "torch", "transformers", "peft", "anndata"} <= set(record["versions"])

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from transformers import TrainingArguments
 
-from scpeft_hf.cli import training_settings, build_parser
+from scpeft_hf.cli import build_parser, training_settings
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.errors import InvalidInputError
 from scpeft_hf.tasks.methods import parse_adapter_layers
@@ -69,7 +69,8 @@ def test_cli_flags_reach_training_arguments(tmp_path):
         settings.precision, settings.torch_compile, settings.gradient_accumulation_steps, settings.device
     )
     training_args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **knobs)
-    assert training_args.torch_compile and training_args.bf16 and not training_args.fp16 and training_args.use_cpu
+    assert training_args.torch_compile and training_args.bf16 and not training_args.fp16
+    assert training_args.use_cpu
     assert training_args.gradient_accumulation_steps == 4
     defaults = training_settings(
         build_parser().parse_args(["train", "--data", "x", "--label-key", "y", "--out", "o"])
