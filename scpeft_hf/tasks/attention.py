@@ -32,7 +32,7 @@ from .backbones import Processor, make_collator
 from .gene_ranking import group_labels, marker_genes_df, rank_genes_by_score, split_groups, wilcoxon_top_genes
 from .inference import progress_bar
 from .outputs import DEFAULT_KEY, base_record, markers_key, run_record, scores_layer
-from .plots import markers_figure, plot_markers
+from .plots import markers_figure, plot_markers  # noqa: F401  (markers_figure: re-exported, notebooks use it)
 from .trained import load_trained_model
 from .training_knobs import autocast, resolve_precision
 
@@ -387,15 +387,3 @@ def _write_all(paths: dict[str, Path], table: pd.DataFrame, summary: dict, plot)
     finally:
         for path in staged.values():
             path.unlink(missing_ok=True)
-
-
-__all__ = [
-    "METHODS",
-    "SCORES_KEY",
-    "attention_gene_scores",
-    "find_markers",
-    "marker_paths",
-    "markers_figure",
-    "plot_markers",
-    "score_genes",
-]
