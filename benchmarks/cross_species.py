@@ -220,7 +220,7 @@ def run_scenario_b(human, mouse, args, rows):
                 processor.gene_map = (
                     None if policy == "case-insensitive" else GeneMap.from_table("mouse", policy=policy)
                 )
-                predicted = annotator.predict(mouse.copy()).obs["scpeft_pred"]
+                predicted = annotator.predict(mouse, copy=True).obs["scpeft_pred"]
                 metrics = score(mouse.obs["cell_type"], predicted.astype(str), annotator.label_names)
                 rows.append(
                     dict(

@@ -195,7 +195,7 @@ def test_predict_from_the_hub_in_a_fresh_process_equals_local_predict(hub, pushe
     }
     assert downloads == SHARED
     from_hub = ad.read_h5ad(out)
-    local = load_annotator(trained).predict(ad.read_h5ad(workdir / "pbmc.h5ad"))
+    local = load_annotator(trained).predict(ad.read_h5ad(workdir / "pbmc.h5ad"), copy=True)
     assert (from_hub.obs["scpeft_pred"].astype(str) == local.obs["scpeft_pred"].astype(str)).all()
     np.testing.assert_array_equal(
         from_hub.obs["scpeft_confidence"].to_numpy(), local.obs["scpeft_confidence"]

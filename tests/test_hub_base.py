@@ -85,7 +85,7 @@ def test_train_on_a_hub_base_records_it_and_predicts_from_the_cache(hub_cache, c
     assert run_info["base_model"] == REPO_ID and run_info["base_model_revision"] == COMMIT
     adapter_config = json.loads((result.out_dir / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == REPO_ID and adapter_config["revision"] == COMMIT
-    predicted = load_annotator(result.out_dir).predict(cells.copy())
+    predicted = load_annotator(result.out_dir).predict(cells, copy=True)
     assert predicted.obsm["X_scpeft"].shape == (cells.n_obs, 32)
 
 

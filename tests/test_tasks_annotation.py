@@ -91,7 +91,7 @@ def test_predict_in_a_new_process_reproduces_predictions_exactly(trained, workdi
                str(workdir / "pbmc.h5ad"), "--out", str(out)]  # fmt: skip
     subprocess.run(command, check=True, env=env, capture_output=True)
     fresh = ad.read_h5ad(out)
-    here = load_annotator(trained).predict(ad.read_h5ad(workdir / "pbmc.h5ad"))
+    here = load_annotator(trained).predict(ad.read_h5ad(workdir / "pbmc.h5ad"), copy=True)
     assert (fresh.obs["scpeft_pred"].astype(str) == here.obs["scpeft_pred"].astype(str)).all()
     np.testing.assert_array_equal(
         fresh.obs["scpeft_confidence"].to_numpy(), here.obs["scpeft_confidence"].to_numpy()

@@ -235,7 +235,10 @@ def test_markers_library_call_skips_groups_under_three_cells(trained_adapter, tm
                            method="cls-softmax", reference="CD14+ Monocyte")  # fmt: skip
     assert summary["skipped_groups"] == {"CD34+": "2 cells (< 3): not ranked"}
     assert set(summary["groups"]) == {"CD19+ B", "CD56+ NK"}
-    assert adata.uns[SCORES_KEY]["method"] == "cls-softmax"
+    assert (
+        adata.uns["scpeft"]["settings"]["method"] == "cls-softmax"
+        and adata.uns["scpeft"]["task"] == "markers"
+    )
     # scanpy's own readers understand the ranking
     scanpy_table = sc.get.rank_genes_groups_df(adata, "CD19+ B", key="scpeft_markers")
     ours = marker_genes_df(adata, group="CD19+ B")

@@ -22,6 +22,7 @@ from scpeft_hf.tasks.integration import (
     integrate,
     load_integration_model,
 )
+from scpeft_hf.tasks.training_knobs import resolve_precision
 from tests.hub_server import HubServer
 from tests.test_hub import hub_environment, run_scpeft
 
@@ -130,13 +131,18 @@ def test_integrate_on_baron_writes_a_complete_folder_and_reloads(baron, tmp_path
     assert (
         integrated.uns["scpeft"]["task"] == "integration" and integrated.uns["scpeft"]["batch_key"] == "donor"
     )
+    record = integrated.uns["scpeft"]
+    assert record["settings"]["precision"] == "auto" and record["precision_used"] == resolve_precision("auto")
+    run_info = json.loads((out / "run_info.json").read_text())
+    assert record["base"]["fingerprint"] == run_info["base_model_fingerprint"]
+    assert record["embeddings"]["scpeft"] == "X_scpeft" and "torch" in record["versions"]
     assert "README.md" in names and "DSBN" in (out / "README.md").read_text()
 
     # Reload: the saved adapter, heads and DSBN statistics give the same embeddings.
     model = load_integration_model(out)
     np.testing.assert_allclose(model.embed(baron), integrated.obsm["X_scpeft"], atol=1e-5)
     np.testing.assert_allclose(
-        embed_cells(baron.copy(), adapter=out).obsm["X_scpeft"], integrated.obsm["X_scpeft"], atol=1e-5
+        embed_cells(baron, adapter=out, copy=True).obsm["X_scpeft"], integrated.obsm["X_scpeft"], atol=1e-5
     )
 
     # A donor the adapter never saw: DSBN uses the mean statistics of the training donors, with a warning.

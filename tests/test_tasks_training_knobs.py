@@ -55,7 +55,8 @@ def test_precision_on_cpu_only_machine(monkeypatch):
 def test_cli_flags_reach_training_arguments(tmp_path):
     args = build_parser().parse_args(
         ["train", "--data", "x.h5ad", "--label-key", "y", "--out", "o", "--adapter-layers", "6-11",
-         "--gradient-checkpointing", "--precision", "bf16", "--torch-compile", "--gradient-accumulation-steps", "4"]
+         "--gradient-checkpointing", "--precision", "bf16", "--torch-compile", "--gradient-accumulation-steps", "4",
+         "--device", "cpu"]
     )  # fmt: skip
     settings = training_settings(args)
     assert (settings.adapter_layers, settings.gradient_checkpointing, settings.precision) == (
@@ -63,12 +64,13 @@ def test_cli_flags_reach_training_arguments(tmp_path):
         True,
         "bf16",
     )
-    assert (settings.torch_compile, settings.gradient_accumulation_steps) == (True, 4)
+    assert (settings.torch_compile, settings.gradient_accumulation_steps, settings.device) == (True, 4, "cpu")
     knobs = trainer_arguments(
-        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
+        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps, settings.device
     )
-    training_args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **knobs)
+    training_args = TrainingArguments(output_dir=str(tmp_path), report_to="none", **knobs)
     assert training_args.torch_compile and training_args.bf16 and not training_args.fp16
+    assert training_args.use_cpu
     assert training_args.gradient_accumulation_steps == 4
     defaults = training_settings(
         build_parser().parse_args(["train", "--data", "x", "--label-key", "y", "--out", "o"])

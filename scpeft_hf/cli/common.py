@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError, MissingFileError, OutputExistsError
-from ..tasks.training_knobs import PRECISIONS
+from ..tasks.outputs import DEFAULT_KEY
+from ..tasks.training_knobs import DEVICES, PRECISIONS
 
 INPUT_KINDS = ("auto", "counts", "log1p")
 VERBOSE_HELP = "log progress details, and show the traceback of any error"
@@ -82,12 +83,7 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="recompute each layer's activations in the backward pass: less memory, slower steps",
     )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="mixed precision: auto = bf16 on a CUDA GPU that supports it, else fp32; fp16 needs a CUDA GPU",
-    )
+    add_device_options(parser)
     parser.add_argument(
         "--torch-compile", action="store_true", help="compile the model with torch.compile (inductor)"
     )
@@ -121,6 +117,42 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="COLUMN",
         help="var column holding the gene names (default: the var index, or what the adapter was trained with)",
+    )
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """--precision and --device, the same on every command that runs a model (see tasks/training_knobs.py)."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="numeric precision (autocast; weights stay fp32): auto = bf16 on a CUDA GPU that supports it, fp32 "
+        "on the CPU; fp16 needs a CUDA GPU",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="|".join(DEVICES),
+        help="where the model runs: auto (a CUDA GPU if one is visible, else the CPU), cpu, cuda or cuda:N",
+    )
+
+
+def check_device_options(args: argparse.Namespace) -> None:
+    """Refuse a bad --device, --precision or --key-added before any file is read or model loaded."""
+    from ..tasks.outputs import check_key_added
+    from ..tasks.training_knobs import resolve_precision
+
+    resolve_precision(args.precision, args.device)
+    if getattr(args, "key_added", None) is not None:
+        check_key_added(args.key_added)
+
+
+def add_key_added_option(parser: argparse.ArgumentParser, slots: str) -> None:
+    parser.add_argument(
+        "--key-added",
+        default=DEFAULT_KEY,
+        metavar="KEY",
+        help=f"name of the results in the AnnData: {slots} and the record uns[KEY] (default {DEFAULT_KEY})",
     )
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 from ..errors import InvalidInputError
 from .common import (
     add_base_option,
+    add_device_options,
     add_input_options,
+    add_key_added_option,
     add_species_option,
+    check_device_options,
     check_out_file,
     read_h5ad,
     write_h5ad,
@@ -20,21 +23,26 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.annotation import load_annotator
 
     check_out_file(args.out, args.overwrite)
+    check_device_options(args)
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
-    cells = read_h5ad(args.data)
+    adata = read_h5ad(args.data)
     annotator = load_annotator(
         args.adapter,
         base=args.base,
         species=args.species,
+        device=args.device,
         layer=args.layer,
         use_raw=args.use_raw,
         gene_column=args.gene_column,
     )
-    adata = annotator.predict(cells, batch_size=args.batch_size)
+    annotator.predict(
+        adata, key_added=args.key_added, batch_size=args.batch_size, precision=args.precision, progress=True
+    )
     metrics = _score_predictions(args, adata, annotator) if args.label_key else None
     write_h5ad(adata, args.out)
-    counts = adata.obs["scpeft_pred"].value_counts()
+    counts = adata.obs[f"{args.key_added}_pred"].value_counts()
+    counts = counts[counts > 0]  # every known label is a category, predicted or not
     print(
         f"Annotated {adata.n_obs} cells into {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
@@ -55,7 +63,7 @@ def _score_predictions(args: argparse.Namespace, adata, annotator) -> dict:
     label_map = read_label_map(args.label_map) if args.label_map else None
     metrics = label_transfer_metrics(
         adata.obs[args.label_key],
-        adata.obs["scpeft_pred"],
+        adata.obs[f"{args.key_added}_pred"],
         annotator.label_names,
         label_map,
         args.shared_labels_only,
@@ -92,8 +100,10 @@ def _embed(args: argparse.Namespace) -> int:
     from ..tasks.embedding import embed_cells
 
     check_out_file(args.out, args.overwrite)
-    adata = embed_cells(
-        read_h5ad(args.data),
+    check_device_options(args)
+    adata = read_h5ad(args.data)
+    embed_cells(
+        adata,
         base=args.base,
         adapter=args.adapter,
         batch_size=args.batch_size,
@@ -102,17 +112,21 @@ def _embed(args: argparse.Namespace) -> int:
         layer=args.layer,
         use_raw=args.use_raw,
         gene_column=args.gene_column,
+        key_added=args.key_added,
+        precision=args.precision,
+        device=args.device,
+        progress=True,
     )
     write_h5ad(adata, args.out)
-    print(
-        f"Wrote {adata.obsm['X_scpeft'].shape[1]}-dimensional embeddings of {adata.n_obs} cells to {args.out}"
-    )
+    dimensions = adata.obsm[f"X_{args.key_added}"].shape[1]
+    print(f"Wrote {dimensions}-dimensional embeddings of {adata.n_obs} cells to {args.out}")
     return 0
 
 
 def _markers(args: argparse.Namespace) -> int:
     from ..tasks.attention import find_markers, marker_paths
 
+    check_device_options(args)
     summary = find_markers(
         read_h5ad(args.data),
         args.adapter,
@@ -125,6 +139,9 @@ def _markers(args: argparse.Namespace) -> int:
         base=args.base,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        precision=args.precision,
+        device=args.device,
+        progress=True,
     )
     for group, result in summary["groups"].items():
         print(
@@ -141,7 +158,9 @@ def add_predict_command(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="annotate cells with a trained adapter",
-        description="Annotate cells: writes obs['scpeft_pred'], obs['scpeft_confidence'] and obsm['X_scpeft'].",
+        description="Annotate cells: writes obs['scpeft_pred'], obs['scpeft_confidence'], obsm['X_scpeft'], "
+        "obsm['scpeft_probabilities'] (columns in the order of uns['scpeft']['labels']) and the record uns['scpeft'] "
+        "(settings, base, adapter, versions); --key-added renames them.",
     )
     predict.add_argument(
         "--adapter",
@@ -168,6 +187,8 @@ def add_predict_command(commands) -> None:
         action="store_true",
         help="score only cells whose label the adapter knows (says how many were excluded)",
     )
+    add_key_added_option(predict, "obs[KEY_pred], obs[KEY_confidence], obsm[X_KEY], obsm[KEY_probabilities]")
+    add_device_options(predict)
     predict.set_defaults(handler=_predict)
 
 
@@ -175,7 +196,8 @@ def add_embed_command(commands) -> None:
     embed = commands.add_parser(
         "embed",
         help="compute cell embeddings",
-        description="Write cell embeddings to obsm['X_scpeft'] from a base model, optionally with an adapter.",
+        description="Write cell embeddings to obsm['X_scpeft'] and the record uns['scpeft'] from a base model, "
+        "optionally with an adapter; --key-added renames them.",
     )
     add_base_option(embed, "the embedded demo backbone")
     embed.add_argument(
@@ -194,6 +216,8 @@ def add_embed_command(commands) -> None:
         default=None,
         help="obs column with batches, for an `integrate` adapter (default: its own)",
     )
+    add_key_added_option(embed, "obsm[X_KEY]")
+    add_device_options(embed)
     embed.set_defaults(handler=_embed)
 
 
@@ -231,4 +255,5 @@ def add_markers_command(commands) -> None:
     add_base_option(markers, "the one the adapter names, at its recorded commit")
     markers.add_argument("--batch-size", type=int, default=16, help="cells per forward pass")
     markers.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_device_options(markers)
     markers.set_defaults(handler=_markers)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InvalidInputError
-from .common import check_out_file, write_h5ad
+from .common import add_device_options, check_device_options, check_out_file, write_h5ad
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from ..tasks.pretrain import pretrain_backbone
 
+    check_device_options(args)
     out = pretrain_backbone(
         args.out,
         epochs=args.epochs,
         seed=args.seed,
         time_budget_s=args.time_budget_s,
         overwrite=args.overwrite,
+        precision=args.precision,
+        device=args.device,
     )
     print(f"Wrote the pretrained backbone to {out}")
     return 0
@@ -25,7 +28,15 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..tasks.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
+    check_device_options(args)
+    run_demo(
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        precision=args.precision,
+        device=args.device,
+    )
     return 0
 
 
@@ -70,6 +81,7 @@ def add_pretrain_command(commands) -> None:
     pretrain.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a folder scpeft-hf wrote"
     )
+    add_device_options(pretrain)
     pretrain.set_defaults(handler=_pretrain)
 
 
@@ -100,6 +112,7 @@ def add_demo_command(commands) -> None:
     demo.add_argument("--out", default="scpeft-demo", help="output folder (default ./scpeft-demo)")
     demo.add_argument("--epochs", type=int, default=None, help="override every method's epoch budget")
     demo.add_argument("--seed", type=int, default=0)
+    add_device_options(demo)
     demo.add_argument(
         "--overwrite", action="store_true", help="replace --out if it is a folder an earlier demo wrote"
     )

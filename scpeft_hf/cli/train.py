@@ -8,10 +8,13 @@ from pathlib import Path
 from .common import (
     INPUT_KINDS,
     add_base_option,
+    add_device_options,
     add_input_options,
+    add_key_added_option,
     add_species_option,
     add_speed_options,
     add_train_options,
+    check_device_options,
     read_h5ad,
 )
 
@@ -32,6 +35,7 @@ def training_settings(args: argparse.Namespace):
         baseline=not args.no_baseline,
         adapter_layers=args.adapter_layers,
         precision=args.precision,
+        device=args.device,
         torch_compile=args.torch_compile,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
     )
@@ -82,6 +86,7 @@ def _train(args: argparse.Namespace) -> int:
 def _integrate(args: argparse.Namespace) -> int:
     from ..tasks.integration import IntegrationSettings, integrate
 
+    check_device_options(args)
     settings = IntegrationSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -90,6 +95,8 @@ def _integrate(args: argparse.Namespace) -> int:
         n_top_genes=args.n_top_genes,
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
+        precision=args.precision,
+        device=args.device,
     )
     result = integrate(
         read_h5ad(args.data),
@@ -100,6 +107,7 @@ def _integrate(args: argparse.Namespace) -> int:
         base=args.base,
         settings=settings,
         overwrite=args.overwrite,
+        key_added=args.key_added,
     )
     for name in ("scpeft", "zero_shot", "pca", "harmony"):
         if name in result.metrics:
@@ -228,4 +236,6 @@ def add_integrate_command(commands) -> None:
     integrate.add_argument("--seed", type=int, default=0)
     integrate.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     integrate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_key_added_option(integrate, "integrated.h5ad's obsm[X_KEY], obsm[X_KEY_zero_shot]")
+    add_device_options(integrate)
     integrate.set_defaults(handler=_integrate)

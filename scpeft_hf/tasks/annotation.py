@@ -16,11 +16,9 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
-from peft import PeftModel
 from transformers import (
     AutoConfig,
     EarlyStoppingCallback,
-    PreTrainedModel,
     Trainer,
     TrainingArguments,
 )
@@ -30,6 +28,7 @@ from ..data.collator import CollatorEpochCallback
 from ..errors import InvalidInputError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import check_out_dir, make_partial_dir, publish
+from .annotator import Annotator, load_annotator
 from .backbones import (
     SpeciesSettings,
     base_reference,
@@ -44,12 +43,11 @@ from .backbones import (
 )
 from .baseline import DEFAULT_TIME_LIMIT, logistic_regression_baseline
 from .card import render_adapter_card
-from .inference import run_model
 from .methods import METHODS, PEFT_METHODS, head_overrides, parse_adapter_layers, prepare_model
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, normalise_test_groups, split_cells
-from .trained import RUN_INFO, load_trained_model
+from .trained import RUN_INFO
 from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
@@ -75,6 +73,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = False
     adapter_layers: str | None = None  # "paper", "all", "6-11", ...; None: the method's default
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_compile: bool = False
     gradient_accumulation_steps: int = 1
     logging_steps: int = 10
@@ -191,7 +190,7 @@ def train_annotation(
     if method not in METHODS:
         raise InvalidInputError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}")
     knob_arguments = trainer_arguments(
-        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps
+        settings.precision, settings.torch_compile, settings.gradient_accumulation_steps, settings.device
     )
     check_labels(adata, label_key)
     if split_key is not None and split_key not in adata.obs:
@@ -226,7 +225,7 @@ def train_annotation(
 
     out_dir = Path(out_dir)
     # Under `torchrun` / `accelerate launch` this joins the process group (gloo on CPU, nccl on GPU).
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=knob_arguments["use_cpu"])
     logger.info(
         "process %d of %d (%s): %d training cells", state.process_index, state.num_processes,
         state.distributed_type, len(splits["train"]),
@@ -281,7 +280,6 @@ def train_annotation(
                 data_seed=settings.seed,
                 remove_unused_columns=False,
                 label_names=["labels"],
-                use_cpu=not torch.cuda.is_available(),
                 **knob_arguments,
                 **settings.extra_training_args,
             ),
@@ -357,7 +355,7 @@ def train_annotation(
                     | {"learning_rate": learning_rate, "world_size": trainer.args.world_size}
                     | {
                         "adapter_layers_placed": placed,
-                        "precision_used": resolve_precision(settings.precision),
+                        "precision_used": resolve_precision(settings.precision, settings.device),
                     }
                     | {"optimizer_steps": trainer.state.global_step},
                 },
@@ -384,53 +382,4 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-@dataclass
-class Annotator:
-    """A trained annotation model with its processor, ready to label new cells."""
-
-    model: PreTrainedModel | PeftModel
-    processor: object
-    run_info: dict
-
-    @property
-    def label_names(self) -> list[str]:
-        return self.run_info["label_names"]
-
-    def predict(self, adata: ad.AnnData, batch_size: int = 64) -> ad.AnnData:
-        """Write `obs["scpeft_pred"]`, `obs["scpeft_confidence"]` and `obsm["X_scpeft"]` (cell embeddings)."""
-        dataset = self.processor(adata)
-        result = run_model(self.model, dataset, make_collator(self.processor, train=False), batch_size)
-        probabilities = torch.softmax(torch.from_numpy(result.logits), dim=-1).numpy()
-        names = np.asarray(self.label_names, dtype=object)
-        adata.obs["scpeft_pred"] = names[probabilities.argmax(-1)]
-        adata.obs["scpeft_pred"] = adata.obs["scpeft_pred"].astype("category")
-        adata.obs["scpeft_confidence"] = probabilities.max(-1)
-        adata.obsm["X_scpeft"] = result.cell_embeddings
-        return adata
-
-
-def load_annotator(
-    adapter: str | Path,
-    base: str | Path | None = None,
-    species: str | None = None,
-    revision: str | None = None,
-    *,
-    layer: str | None = None,
-    use_raw: bool | None = None,
-    gene_column: str | None = None,
-) -> Annotator:
-    """Load a folder written by `train_annotation` (or `scpeft-hf train`), or an adapter shared on the Hub under
-    `adapter` ("user/name"); see `load_trained_model` (the base model must match the recorded fingerprint).
-    `species` maps the cells' genes to human ones (an adapter trained with a species applies its saved map).
-    Cells are read as at training time (X, a layer or `.raw`; the gene column) unless `layer`, `use_raw` or
-    `gene_column` say otherwise."""
-    model, processor, run_info = load_trained_model(
-        adapter,
-        base,
-        species=species,
-        revision=revision,
-        layer=layer,
-        use_raw=use_raw,
-        gene_column=gene_column,
-    )
-    return Annotator(model=model, processor=processor, run_info=run_info)
+__all__ = ["Annotator", "TrainingSettings", "load_annotator", "train_annotation"]

@@ -24,17 +24,22 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from ..data import GeneformerProcessor
 from ..errors import InvalidInputError, OutputExistsError
 from .backbones import Processor, make_collator
 from .gene_ranking import group_labels, marker_genes_df, rank_genes_by_score, split_groups, wilcoxon_top_genes
+from .inference import progress_bar
+from .outputs import DEFAULT_KEY, base_record, markers_key, run_record, scores_layer
+from .plots import markers_figure, plot_markers  # noqa: F401  (markers_figure: re-exported, notebooks use it)
 from .trained import load_trained_model
+from .training_knobs import autocast, resolve_precision
 
 METHODS = ("qk-rank", "cls-softmax")
-SCORES_KEY = "scpeft_attention"
+
+
+SCORES_KEY = scores_layer()
 _PROJECTION = re.compile(r"(?:^|\.)layer\.(\d+)\.attention\.self\.(query|key)$")
 
 
@@ -148,12 +153,15 @@ def attention_gene_scores(
     method: str = "qk-rank",
     layer: int = -1,
     batch_size: int = 16,
+    precision: str = "auto",
+    progress: bool = True,
 ) -> tuple[sp.csr_matrix, dict]:
     """Score every expressed gene of every cell (see the module docstring) with `model` as it is (adapter active).
 
     Cells are tokenized by `processor`; a cell with more genes than `processor.max_length` allows is scored on the
     eval collator's deterministic per-cell subset (scGPT), or on its top-ranked genes (Geneformer). Returns a CSR
-    `[n_obs, n_vars]` matrix (0 = not expressed or not in the subset) and the settings used.
+    `[n_obs, n_vars]` matrix (0 = not expressed or not in the subset) and the settings used. `precision` runs the
+    model under autocast as every command does (bf16 query/key values tie more often than fp32 ones).
     """
     if method not in METHODS:
         raise InvalidInputError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
@@ -177,28 +185,32 @@ def attention_gene_scores(
     model.eval()
     device = next(model.parameters()).device
     rows, cols, values = [], [], []
+    resolved_precision = resolve_precision(precision, device)
     try:
-        for batch in loader:
-            model(**{name: tensor.to(device) for name, tensor in batch.items()})
-            query, key = captured["query"].float().cpu(), captured["key"].float().cpu()
-            input_ids, attended = batch["input_ids"], batch["attention_mask"].bool()
-            # a prefix adapter's slots sit right after <cls> in the layers it reaches
-            num_prefix = query.shape[1] - input_ids.shape[1]
-            for cell in range(input_ids.shape[0]):
-                genes = attended[cell] & ~torch.isin(input_ids[cell], special)
-                gene_positions = torch.nonzero(genes).flatten()
-                if method == "qk-rank":
-                    real = torch.cat([torch.zeros(1, dtype=torch.long), gene_positions + num_prefix])
-                    scores = qk_rank_cls_scores(query[cell, real], key[cell, real], num_heads)[1:]
-                else:
-                    keys = torch.nonzero(attended[cell]).flatten()
-                    keys = torch.cat([keys[:1], torch.arange(1, 1 + num_prefix), keys[1:] + num_prefix])
-                    probabilities = cls_softmax_scores(query[cell], key[cell, keys], num_heads)
-                    # gene positions among the attended keys (attended tokens come first, prefix after <cls>)
-                    scores = probabilities[(gene_positions + num_prefix).numpy()]
-                rows.append(np.full(len(gene_positions), len(rows)))
-                cols.append(column_of_token[input_ids[cell, gene_positions].numpy()])
-                values.append(scores)
+        with progress_bar(None, len(dataset), progress, "markers") as bar:
+            for batch in loader:
+                with autocast(precision, device):  # the forward pass only: scores are computed in float64
+                    model(**{name: tensor.to(device) for name, tensor in batch.items()})
+                query, key = captured["query"].float().cpu(), captured["key"].float().cpu()
+                input_ids, attended = batch["input_ids"], batch["attention_mask"].bool()
+                # a prefix adapter's slots sit right after <cls> in the layers it reaches
+                num_prefix = query.shape[1] - input_ids.shape[1]
+                for cell in range(input_ids.shape[0]):
+                    genes = attended[cell] & ~torch.isin(input_ids[cell], special)
+                    gene_positions = torch.nonzero(genes).flatten()
+                    if method == "qk-rank":
+                        real = torch.cat([torch.zeros(1, dtype=torch.long), gene_positions + num_prefix])
+                        scores = qk_rank_cls_scores(query[cell, real], key[cell, real], num_heads)[1:]
+                    else:
+                        keys = torch.nonzero(attended[cell]).flatten()
+                        keys = torch.cat([keys[:1], torch.arange(1, 1 + num_prefix), keys[1:] + num_prefix])
+                        probabilities = cls_softmax_scores(query[cell], key[cell, keys], num_heads)
+                        # gene positions among the attended keys (attended tokens come first, prefix after <cls>)
+                        scores = probabilities[(gene_positions + num_prefix).numpy()]
+                    rows.append(np.full(len(gene_positions), len(rows)))
+                    cols.append(column_of_token[input_ids[cell, gene_positions].numpy()])
+                    values.append(scores)
+                bar.update(input_ids.shape[0])
     finally:
         for hook in hooks:
             hook.remove()
@@ -221,6 +233,9 @@ def attention_gene_scores(
         "layer": int(layer % num_layers),
         "num_layers": int(num_layers),
         "max_length": int(processor.max_length),
+        "precision": resolved_precision,
+        "device": str(device),
+        "batch_size": batch_size,
         "n_cells_subset": n_subset,
         "subset_rule": rule,
         "seconds": seconds,
@@ -237,24 +252,28 @@ def score_genes(
     method: str = "qk-rank",
     layer: int = -1,
     batch_size: int = 16,
-    key_added: str = SCORES_KEY,
+    key_added: str = DEFAULT_KEY,
+    precision: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
     revision: str | None = None,
 ) -> np.ndarray:
-    """Write attention gene scores of the trained model in `adapter` to `adata.layers[key_added]` (sparse, cells x
-    genes) and the settings to `adata.uns[key_added]`; see :func:`attention_gene_scores`. Returns the boolean mask
-    of the `var` genes in the model's vocabulary (the genes that can be scored)."""
-    model, processor, run_info = load_trained_model(adapter, base, revision=revision)
+    """Write attention gene scores of the trained model in `adapter` to `adata.layers[f"{key_added}_attention"]`
+    (sparse, cells x genes) and the record (settings, base, adapter, versions) to `adata.uns[key_added]`; see
+    :func:`attention_gene_scores`. Returns the boolean mask of the `var` genes in the model's vocabulary (the genes
+    that can be scored). `base` overrides the recorded base (a folder, or a Hub id at `revision`)."""
+    layer_key = scores_layer(key_added)
+    model, processor, run_info = load_trained_model(adapter, base, revision=revision, device=device)
     matrix, settings = attention_gene_scores(
-        model, processor, adata, method=method, layer=layer, batch_size=batch_size
-    )
+        model, processor, adata, method=method, layer=layer, batch_size=batch_size, precision=precision,
+        progress=progress,
+    )  # fmt: skip
     vocabulary = vocabulary_genes(processor, adata)
-    adata.layers[key_added] = matrix
-    adata.uns[key_added] = settings | {
-        "adapter": str(adapter),
-        "base_model": str(run_info.get("base_model")),
-        "fine_tuning": run_info["method"],
-        "vocabulary_genes": int(vocabulary.sum()),
-    }
+    adata.layers[layer_key] = matrix
+    adata.uns[key_added] = run_record(
+        "markers", settings, base=base_record(run_info), adapter=str(adapter), method=run_info["method"],
+        scores_layer=layer_key, vocabulary_genes=int(vocabulary.sum()),
+    )  # fmt: skip
     return vocabulary
 
 
@@ -278,9 +297,14 @@ def find_markers(
     batch_size: int = 16,
     overwrite: bool = False,
     revision: str | None = None,
+    key_added: str = DEFAULT_KEY,
+    precision: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
 ) -> dict:
-    """Attention marker genes per group of `adata.obs[label_key]`: scores (:func:`score_genes`), ranking
-    (:func:`rank_genes_by_score`, into `adata.uns["scpeft_markers"]`), and the agreement of each group's top
+    """Attention marker genes per group of `adata.obs[label_key]`: scores (:func:`score_genes`, into
+    `adata.layers[f"{key_added}_attention"]` with the record in `adata.uns[key_added]`), ranking
+    (:func:`rank_genes_by_score`, into `adata.uns[f"{key_added}_markers"]`), and the agreement of each group's top
     `top` with scanpy's Wilcoxon top `top` on the same cells and vocabulary genes (counts -> normalize_total 1e4 ->
     log1p, `use_raw=False`). Writes `out` (csv), a dotplot (.png) and `<stem>_summary.json`, all three or none.
     Returns the summary."""
@@ -290,17 +314,27 @@ def find_markers(
         raise OutputExistsError(f"{', '.join(existing)} exist; choose another --out or pass --overwrite")
     if top < 1:
         raise InvalidInputError(f"--top {top} must be at least 1")
+    ranking = markers_key(key_added)
     labels = group_labels(adata, label_key)
     groups, skipped = split_groups(labels, reference)
     vocabulary = score_genes(
-        adata, adapter, base=base, method=method, layer=layer, batch_size=batch_size, revision=revision
+        adata, adapter, base=base, method=method, layer=layer, batch_size=batch_size, key_added=key_added,
+        precision=precision, device=device, progress=progress, revision=revision,
+    )  # fmt: skip
+    rank_genes_by_score(
+        adata, label_key, scores_layer(key_added), reference=reference, genes=vocabulary, key_added=ranking
     )
-    rank_genes_by_score(adata, label_key, SCORES_KEY, reference=reference, genes=vocabulary)
-    table = marker_genes_df(adata, top=top)
+    adata.uns[key_added]["markers"] = {
+        "label_key": label_key,
+        "reference": reference,
+        "top": top,
+        "key": ranking,
+    }
+    table = marker_genes_df(adata, key=ranking, top=top)
     expression, preprocessing = log_normalised_genes(adata, vocabulary)
     expression.obs[label_key] = labels.to_numpy()
     wilcoxon = wilcoxon_top_genes(expression, label_key, groups, reference, top)
-    settings = adata.uns[SCORES_KEY]
+    settings = adata.uns[key_added]["settings"]
     summary = {
         "label_key": label_key,
         "reference": reference,
@@ -323,7 +357,7 @@ def find_markers(
             "overlap_with_wilcoxon": overlap,
             "overlap_fraction": overlap / top,
         }
-    _write_all(paths, table, summary, lambda path: plot_markers(adata, label_key, path))
+    _write_all(paths, table, summary, lambda path: plot_markers(adata, label_key, path, key_added=key_added))
     return summary
 
 
@@ -339,33 +373,6 @@ def log_normalised_genes(adata: ad.AnnData, genes: np.ndarray) -> tuple[ad.AnnDa
         sc.pp.log1p(cells)
         return cells, "counts in .X -> normalize_total 1e4 over the vocabulary genes -> log1p"
     return cells, ".X taken as log-normalised (non-integer values), restricted to the vocabulary genes"
-
-
-def markers_figure(adata: ad.AnnData, label_key: str, n_genes: int = 5) -> Figure:
-    """Dotplot (scanpy) of each group's top `n_genes` in `adata.uns["scpeft_markers"]`: colour = mean attention
-    score in the group, size = fraction of its cells in which the gene was scored."""
-    import scanpy as sc
-
-    names = adata.uns["scpeft_markers"]["names"]
-    genes = {group: [str(gene) for gene in names[group][:n_genes]] for group in names.dtype.names}
-    width = 3 + 0.3 * sum(map(len, genes.values()))
-    figure = Figure(figsize=(width, 2 + 0.35 * adata.obs[label_key].nunique()))
-    plot = sc.pl.DotPlot(
-        adata,
-        genes,
-        groupby=label_key,
-        layer=SCORES_KEY,
-        ax=figure.add_subplot(),
-        title="Attention marker genes",
-    )
-    plot.legend(colorbar_title="mean attention\nscore", size_title="fraction of cells\nscored")
-    plot.make_figure()
-    return figure
-
-
-def plot_markers(adata: ad.AnnData, label_key: str, path, n_genes: int = 5) -> None:
-    """Save :func:`markers_figure` as PNG to `path` (a file name or a binary file object)."""
-    markers_figure(adata, label_key, n_genes).savefig(path, format="png", dpi=120, bbox_inches="tight")
 
 
 def _write_all(paths: dict[str, Path], table: pd.DataFrame, summary: dict, plot) -> None:

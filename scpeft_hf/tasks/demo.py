@@ -35,19 +35,25 @@ def format_table(rows: dict[str, dict]) -> str:
 
 
 def run_demo(
-    out_dir: str | Path = "scpeft-demo", epochs: int | None = None, seed: int = 0, overwrite: bool = False
+    out_dir: str | Path = "scpeft-demo",
+    epochs: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    precision: str = "auto",
+    device: str = "auto",
 ) -> dict[str, dict]:
     """Train the three model variants; print and save their comparison with the logistic-regression baseline that
     `train_annotation` fits on the same split (tasks/baseline.py).
 
     `out_dir` must be new or empty, or (with `overwrite`) a folder an earlier run wrote; it appears when
-    every method has finished.
+    every method has finished. `precision` and `device` apply to every method's training (see training_knobs).
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     staging = make_staging_dir(out_dir)
     try:
-        rows = _compare_methods(staging, out_dir, epochs, seed)
+        knobs = {"precision": precision, "device": device}
+        rows = _compare_methods(staging, out_dir, epochs, seed, knobs)
         publish(staging, out_dir, command="demo")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -56,7 +62,9 @@ def run_demo(
     return rows
 
 
-def _compare_methods(staging: Path, out_dir: Path, epochs: int | None, seed: int) -> dict[str, dict]:
+def _compare_methods(
+    staging: Path, out_dir: Path, epochs: int | None, seed: int, knobs: dict
+) -> dict[str, dict]:
     """Train every method into `staging`; the cards name the folders as they will be in `out_dir`."""
     adata = demo_data()
     n_test = int((adata.obs[DEMO_SPLIT_KEY] == "test").sum())
@@ -74,7 +82,7 @@ def _compare_methods(staging: Path, out_dir: Path, epochs: int | None, seed: int
             out_dir=staging / method,
             split_key=DEMO_SPLIT_KEY,
             # The split is fixed, so every method's metrics carry the same baseline (fitted on its training cells).
-            settings=TrainingSettings(epochs=epochs or budget, seed=seed, early_stopping_patience=5),
+            settings=TrainingSettings(epochs=epochs or budget, seed=seed, early_stopping_patience=5, **knobs),
         )
         card = render_adapter_card(result.out_dir, adapter_ref=str(out_dir / method))
         (result.out_dir / "README.md").write_text(card)

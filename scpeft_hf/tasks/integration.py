@@ -15,14 +15,11 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
-from peft import PeftModel
 from transformers import TrainingArguments
-from transformers.utils import logging as transformers_logging
 
 from ..data import GeneformerProcessor
-from ..errors import InvalidInputError, MissingDependencyError, MissingFileError, MissingKeyError
+from ..errors import InvalidInputError, MissingDependencyError, MissingKeyError
 from ..models.fingerprint import backbone_fingerprint
-from ..models.scgpt import ScGPTForBatchIntegration
 from ..output_folders import check_out_dir, make_staging_dir, publish
 from .backbones import (
     base_reference,
@@ -35,9 +32,19 @@ from .backbones import (
     resolve_base,
 )
 from .inference import run_model
+from .integration_model import (
+    RUN_INFO,
+    IntegrationModel,
+    IntegrationSettings,
+    batch_ids,
+    integration_model,
+    load_integration_model,
+    normalised,
+)
 from .integration_report import plot_integration_umap, render_integration_card
 from .integration_training import IntegrationTrainer, KeepLowestValidationLoss, validation_rows
 from .methods import PEFT_METHODS, prepare_model
+from .outputs import DEFAULT_KEY, CellResults, base_record, check_key_added, run_record
 from .scib import (
     EXTRA,
     INSTALL_HINT,
@@ -47,44 +54,15 @@ from .scib import (
     require_scib_metrics,
     scib_metrics_version,
 )
+from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
-RUN_INFO = "run_info.json"
 METRICS = "metrics.json"
 INTEGRATED = "integrated.h5ad"
 METHODS = (*PEFT_METHODS, "full")
 # Trained and saved beside the adapter: the decoders, the batch modules and DSBN's running statistics.
 INTEGRATION_MODULES = ("decoder", "mvc_decoder", "batch_encoder", "batch_discriminator", "dsbn")
-KEY_ADDED = "scpeft"  # the key_added scheme: obsm["X_scpeft"], obsm["X_scpeft_zero_shot"], uns["scpeft"]
-EMBEDDING_KEY = f"X_{KEY_ADDED}"
-
-
-@dataclass
-class IntegrationSettings:
-    """How an integration model is trained. The objective's defaults are scGPT's integration tutorial, except
-    `include_zero_genes`: the tutorial feeds all 1,200 genes of every cell, zeros included; the default here
-    feeds each cell's expressed genes only (several times shorter sequences, so it fits a CPU)."""
-
-    epochs: int = 15
-    batch_size: int = 32
-    learning_rate: float | None = None
-    mask_ratio: float = 0.4
-    n_top_genes: int = 1200
-    include_zero_genes: bool = False
-    max_length: int | None = None
-    validation_fraction: float = 0.1
-    min_cells_per_batch: int = 10
-    use_batch_labels: bool = True
-    domain_spec_batchnorm: bool = True
-    gep_weight: float = 1.0
-    gepc_weight: float = 1.0
-    ecs_weight: float = 10.0
-    ecs_threshold: float = 0.8
-    dab_weight: float = 1.0
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
 
 
 @dataclass
@@ -167,16 +145,6 @@ def select_hvgs(adata: ad.AnnData, candidates: np.ndarray, batch_key: str, n_top
     return subset.var_names[table["highly_variable"].to_numpy()].tolist()
 
 
-def batch_ids(values, batch_names: list[str]) -> np.ndarray:
-    """Index of each cell's batch in `batch_names`; -1 for a batch the model never saw (see DSBN)."""
-    lookup = {name: index for index, name in enumerate(batch_names)}
-    return np.array([lookup.get(str(value), -1) for value in values], dtype=np.int64)
-
-
-def _normalised(embedding: np.ndarray) -> np.ndarray:
-    return embedding / np.linalg.norm(embedding, axis=1, keepdims=True).clip(min=1e-12)
-
-
 def integrate(
     adata: ad.AnnData,
     batch_key: str,
@@ -187,13 +155,20 @@ def integrate(
     settings: IntegrationSettings | None = None,
     overwrite: bool = False,
     revision: str | None = None,
+    key_added: str = DEFAULT_KEY,
+    progress: bool = True,
 ) -> IntegrationResult:
     """Fine-tune `method` with scGPT's integration objective and write a complete folder to `out_dir`: the adapter
-    (the whole model for `full`), its processor, `integrated.h5ad` (`obsm["X_scpeft"]`, `obsm["X_scpeft_zero_shot"]`,
-    `obsm["X_pca"]`), `metrics.json` (scIB metrics per embedding), `umap.png`, `run_info.json` and a model card.
+    (the whole model for `full`), its processor, `integrated.h5ad`, `metrics.json` (scIB metrics per embedding),
+    `umap.png`, `run_info.json` and a model card. `integrated.h5ad` follows the `key_added` scheme:
+    `obsm[f"X_{key_added}"]` (the integrated embedding), `obsm[f"X_{key_added}_zero_shot"]` (the base model's),
+    `obsm["X_pca"]` (and `obsm["X_harmony"]` when harmonypy is installed) and `uns[key_added]` (the record).
+    `settings.precision` and `settings.device` apply to training and to the embedding passes alike.
     `base` is a folder or a Hub id (at `revision`, or `user/name@revision`), recorded by id and commit.
     """
     settings = settings or IntegrationSettings()
+    embedding_key = f"X_{check_key_added(key_added)}"
+    knobs = trainer_arguments(settings.precision, False, 1, settings.device)
     if method not in METHODS:
         raise InvalidInputError(
             f"--method {method!r} is not an integration method; choose one of {', '.join(METHODS)}"
@@ -248,7 +223,7 @@ def integrate(
                 seed=settings.seed,
                 remove_unused_columns=False,
                 label_names=["labels"],
-                use_cpu=not torch.cuda.is_available(),
+                **knobs,
             ),
             train_dataset=dataset.select(train),
             eval_dataset=dataset.select(validation),
@@ -264,16 +239,22 @@ def integrate(
 
         embed_collator = make_collator(processor, train=False)
         integrated = adata.copy()
-        integrated.obsm[EMBEDDING_KEY] = _normalised(
-            run_model(model, dataset, embed_collator).cell_embeddings
+        passes = {"precision": settings.precision, "progress": progress}
+        integrated_embedding = normalised(
+            run_model(model, dataset, embed_collator, description="embed", **passes).cell_embeddings
         )
         backbone = load_backbone(base_dir, processor).to(next(model.parameters()).device)
         zero_shot = run_model(
-            backbone, dataset.remove_columns("batch_labels"), embed_collator
+            backbone,
+            dataset.remove_columns("batch_labels"),
+            embed_collator,
+            description="zero-shot",
+            **passes,
         ).cell_embeddings
-        integrated.obsm[f"{EMBEDDING_KEY}_zero_shot"] = _normalised(zero_shot)
+        integrated.obsm[f"{embedding_key}_zero_shot"] = normalised(zero_shot)
         integrated.obsm["X_pca"] = pca_embedding(adata, hvg_genes)
-        embeddings = {"scpeft": EMBEDDING_KEY, "zero_shot": f"{EMBEDDING_KEY}_zero_shot", "pca": "X_pca"}
+        integrated.obsm[embedding_key] = integrated_embedding
+        embeddings = {"scpeft": embedding_key, "zero_shot": f"{embedding_key}_zero_shot", "pca": "X_pca"}
         harmony = harmony_embedding(integrated.obsm["X_pca"], adata, batch_key)
         if harmony is not None:
             integrated.obsm["X_harmony"] = harmony
@@ -314,18 +295,22 @@ def integrate(
             "training": asdict(settings) | {"learning_rate": learning_rate},
         }
         (staging / RUN_INFO).write_text(json.dumps(run_info, indent=2))
-        integrated.uns[KEY_ADDED] = {
-            "task": "integration",
-            "method": method,
-            "base_model": run_info["base_model"],
-            "adapter": str(out_dir),
-            "batch_key": batch_key,
-            "embeddings": embeddings,
-            "metrics_library": metrics["metrics_library"],
-        }
+        record = run_record(
+            "integration",
+            asdict(settings) | {"learning_rate": learning_rate},
+            base=base_record(run_info),
+            adapter=str(out_dir),
+            method=method,
+            batch_key=batch_key,
+            label_key=label_key,
+            embeddings=embeddings,
+            metrics_library=metrics["metrics_library"],
+            precision_used=resolve_precision(settings.precision, next(model.parameters()).device),
+        )
+        CellResults(key_added, embeddings=integrated_embedding, record=record).write_into(integrated)
         (staging / METRICS).write_text(json.dumps(metrics, indent=2))
         integrated.write_h5ad(staging / INTEGRATED)
-        plot_integration_umap(integrated, EMBEDDING_KEY, batch_key, label_key, staging / "umap.png")
+        plot_integration_umap(integrated, embedding_key, batch_key, label_key, staging / "umap.png")
         (staging / "README.md").write_text(
             render_integration_card(run_info, metrics, adapter_ref=str(out_dir))
         )
@@ -336,104 +321,16 @@ def integrate(
     return IntegrationResult(out_dir, metrics)
 
 
-def integration_model(
-    base_dir: Path, settings: IntegrationSettings, num_batches: int
-) -> ScGPTForBatchIntegration:
-    """The base model with the integration heads. The decoders widen to read the batch embedding and the batch
-    modules are new, so they start fresh: transformers' load report (a table of those keys) is not shown."""
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ScGPTForBatchIntegration.from_pretrained(
-                base_dir, ignore_mismatched_sizes=True, **_objective(settings, num_batches)
-            )
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-
-
-def _objective(settings: IntegrationSettings, num_batches: int) -> dict:
-    return dict(
-        num_batch_labels=num_batches,
-        use_batch_labels=settings.use_batch_labels,
-        domain_spec_batchnorm=settings.domain_spec_batchnorm,
-        use_batch_discriminator=settings.dab_weight > 0,
-        use_mvc=True,
-        gep_weight=settings.gep_weight,
-        gepc_weight=settings.gepc_weight,
-        ecs_weight=settings.ecs_weight,
-        ecs_threshold=settings.ecs_threshold,
-        dab_weight=settings.dab_weight,
-    )
-
-
 def _has_module(model: torch.nn.Module, name: str) -> bool:
     return any(module_name.split(".")[-1] == name for module_name, _ in model.named_modules())
 
 
-@dataclass
-class IntegrationModel:
-    """A trained integration model with its processor: embeds new cells into the integrated space."""
-
-    model: torch.nn.Module
-    processor: object
-    run_info: dict
-
-    def embed(self, adata: ad.AnnData, batch_key: str | None = None, batch_size: int = 64) -> np.ndarray:
-        """L2-normalised cell embeddings. Cells of a batch not seen in training are normalised by DSBN with the
-        mean of all training batches' statistics (with a warning naming those batches)."""
-        batch_key = batch_key or self.run_info["batch_key"]
-        dataset = self.processor(adata)
-        if self.model.config.domain_spec_batchnorm:
-            if batch_key not in adata.obs:
-                raise MissingKeyError(
-                    f"obs has no {batch_key!r} column: this adapter normalises each batch with its own statistics; "
-                    "pass batch_key= (--batch-key) naming the batch column"
-                )
-            ids = batch_ids(adata.obs[batch_key], self.run_info["batch_names"])
-            unseen = sorted(set(adata.obs[batch_key].astype(str)[ids < 0]))
-            if unseen:
-                warnings.warn(
-                    f"batches not seen in training ({', '.join(unseen[:5])}) are normalised with the mean statistics "
-                    f"of the {len(self.run_info['batch_names'])} training batches",
-                    stacklevel=2,
-                )
-            dataset = dataset.add_column("batch_labels", ids.tolist())
-        result = run_model(self.model, dataset, make_collator(self.processor, train=False), batch_size)
-        return _normalised(result.cell_embeddings)
-
-
-def load_integration_model(
-    adapter_dir: str | Path, base: str | Path | None = None, revision: str | None = None
-) -> IntegrationModel:
-    """Load a folder written by `integrate`; the base is the recorded one (at its recorded Hub commit) unless
-    `base` (at `revision`) overrides it."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / RUN_INFO).is_file():
-        raise MissingFileError(
-            f"{adapter_dir} has no {RUN_INFO}: not a folder written by `scpeft-hf integrate`"
-        )
-    run_info = json.loads((adapter_dir / RUN_INFO).read_text())
-    processor = load_processor(adapter_dir)
-    if run_info["method"] in PEFT_METHODS:
-        base_dir = resolve_base(
-            base or run_info["base_model"], revision if base else run_info.get("base_model_revision")
-        )
-        settings = IntegrationSettings(
-            **{k: v for k, v in run_info["training"].items() if k in IntegrationSettings.__dataclass_fields__}
-        )
-        model = integration_model(base_dir, settings, len(run_info["batch_names"]))
-        if backbone_fingerprint(model) != run_info["base_model_fingerprint"]:
-            raise InvalidInputError(
-                f"the adapter in {adapter_dir} was trained on another base model than {base_dir}; pass --base with "
-                "the model it was trained on"
-            )
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    else:
-        model = ScGPTForBatchIntegration.from_pretrained(adapter_dir)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return IntegrationModel(model=model, processor=processor, run_info=run_info)
-
-
-__all__ = ["EXTRA", "IntegrationSettings", "integrate", "load_integration_model"]
+__all__ = [
+    "EXTRA",
+    "IntegrationModel",
+    "IntegrationSettings",
+    "batch_ids",
+    "integrate",
+    "integration_model",
+    "load_integration_model",
+]

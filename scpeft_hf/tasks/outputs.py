@@ -7,7 +7,8 @@ For `key_added="scpeft"` (the default):
 - `obs["scpeft_confidence"]`: probability of the predicted label;
 - `obsm["X_scpeft"]`: cell embeddings;
 - `obsm["scpeft_probabilities"]`: class probabilities, columns in the order of `uns["scpeft"]["labels"]`;
-- `uns["scpeft"]`: what produced them (settings, package versions, base, adapter), plus `labels`.
+- `uns["scpeft"]`: what produced them (settings, package versions, base, adapter), plus `labels`;
+- `layers["scpeft_attention"]` and `uns["scpeft_markers"]`: `markers`' per-cell gene scores and its ranking.
 
 `CellResults.write_into(adata, copy=...)` follows scanpy: `copy=False` writes in place and returns None,
 `copy=True` returns a new AnnData and leaves `adata` alone.
@@ -37,6 +38,16 @@ def check_key_added(key_added: str) -> str:
     return key_added
 
 
+def scores_layer(key_added: str = DEFAULT_KEY) -> str:
+    """The layer of per-cell gene scores under `key_added`: `layers[f"{key_added}_attention"]`."""
+    return f"{check_key_added(key_added)}_attention"
+
+
+def markers_key(key_added: str = DEFAULT_KEY) -> str:
+    """The `uns` entry of the marker ranking (scanpy's `rank_genes_groups` layout): `uns[f"{key_added}_markers"]`."""
+    return f"{check_key_added(key_added)}_markers"
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers, for `uns[key_added]["versions"]`."""
     versions = {}
@@ -46,6 +57,26 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def run_record(
+    task: str, settings: Mapping, *, base: Mapping | None = None, adapter: str | None = None, **details
+) -> dict:
+    """The `uns[key_added]` record of one run: the task, its settings, the base model and adapter it used, any
+    `details` (method, label or batch column...) and the package versions. The in-memory and the streaming paths
+    both build their record here."""
+    record = {"task": task, "settings": dict(settings), "base": base, "adapter": adapter, **details}
+    return storable(record | {"versions": package_versions()})
+
+
+def base_record(run_info: Mapping) -> dict:
+    """The base model as a trained folder's run_info.json records it: every `base_model*` entry (name, revision,
+    fingerprint), without the prefix."""
+    return {
+        "name" if key == "base_model" else key.removeprefix("base_model_"): value
+        for key, value in run_info.items()
+        if key.startswith("base_model")
+    }
 
 
 def storable(value):

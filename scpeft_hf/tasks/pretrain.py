@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .training_knobs import autocast, resolve_device, resolve_precision
+
 logger = logging.getLogger(__name__)
 
 DEMO_LABEL_KEY = "bulk_labels"
@@ -146,7 +148,9 @@ def _gene_means(pool, rows: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, loader, gene_means: torch.Tensor, device: str) -> dict[str, float]:
+def evaluate(
+    model, loader, gene_means: torch.Tensor, device: torch.device, precision: str = "auto"
+) -> dict[str, float]:
     """Masked-value MSE of the expression decoder on held-out cells, beside two mean predictors: each cell's mean
     visible value, and each gene's mean value in the training cells."""
     model.eval()
@@ -154,7 +158,7 @@ def evaluate(model, loader, gene_means: torch.Tensor, device: str) -> dict[str, 
     n = 0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with autocast(precision, device):
             out = model(**batch)
         masked = batch["values"] == model.config.mask_value
         visible = (batch["attention_mask"] == 1) & ~masked
@@ -187,15 +191,18 @@ def train_backbone(
     workers: int = 0,
     shard: str = "1GB",
     time_budget_s: float | None = None,
+    precision: str = "auto",
+    device: str = "auto",
 ) -> None:
-    """Pretrain on the pool's training cells; keep the epoch with the lowest held-out GEP loss in `out`."""
+    """Pretrain on the pool's training cells; keep the epoch with the lowest held-out GEP loss in `out`. `precision`
+    and `device` as every command resolves them (auto: bf16 autocast on a CUDA GPU that supports it)."""
     from ..data.collator import ScGPTDataCollator
     from ..models.scgpt import ScGPTConfig, ScGPTForMaskedExpressionModeling
 
     pool = dict(np.load(pool_path))
     vocab = json.loads(str(pool["vocab"]))
     settings = json.loads(str(pool["processor"]))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     torch.manual_seed(seed)
     architecture = dict(
         ARCHITECTURE, **(dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64) if tiny else {})
@@ -228,7 +235,7 @@ def train_backbone(
         generator=generator,
         num_workers=workers,
         persistent_workers=workers > 0,
-        pin_memory=device == "cuda",
+        pin_memory=device.type == "cuda",
     )
     eval_loader = torch.utils.data.DataLoader(
         PoolCells(pool, eval_rows), batch_size=128, collate_fn=eval_collate
@@ -252,7 +259,7 @@ def train_backbone(
         losses = []
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            with autocast(precision, device):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -265,7 +272,7 @@ def train_backbone(
             plan["epochs"] = max(2, min(epochs, int(time_budget_s / (per_epoch * 1.08))))
             logger.info("epoch 1 took %.1f s: %d epochs fit %.0f s", per_epoch, plan["epochs"], time_budget_s)
         if epoch % max(1, plan["epochs"] // 10) == 0 or epoch == plan["epochs"]:
-            scores = evaluate(model, eval_loader, gene_means, device)
+            scores = evaluate(model, eval_loader, gene_means, device, precision)
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), **scores})
             logger.info("%s %.0f s", json.dumps(history[-1]), time.perf_counter() - started)
             if best is None or scores["model_gep"] < best["model_gep"]:
@@ -273,7 +280,8 @@ def train_backbone(
                 model.save_pretrained(out, max_shard_size=shard)
     seconds = time.perf_counter() - started
     metrics = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "CPU",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "precision": resolve_precision(precision, device),
         "seconds": round(seconds, 1),
         "epochs": plan["epochs"],
         "batch_size": batch_size,
@@ -417,8 +425,11 @@ def pretrain_backbone(
     seed: int = 0,
     time_budget_s: float | None = None,
     overwrite: bool = False,
+    precision: str = "auto",
+    device: str = "auto",
 ) -> Path:
     """Prepare the pool, pretrain and package a backbone folder like `scpeft_hf/assets/scgpt-offline-v1`."""
+    resolve_precision(precision, device)  # bad flags fail before the pool is built
     import shutil
 
     from ..output_folders import check_out_dir, make_staging_dir, publish
@@ -439,6 +450,8 @@ def pretrain_backbone(
             seed,
             False,
             time_budget_s=time_budget_s,
+            precision=precision,
+            device=device,
         )
         package_backbone(work / "pool.npz", work / "run", staging)
         shutil.rmtree(work)

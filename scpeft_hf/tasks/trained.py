@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -17,6 +16,7 @@ from ..errors import InvalidInputError, MissingFileError
 from ..models.fingerprint import backbone_fingerprint
 from .backbones import Processor, load_classifier, load_processor, resolve_base
 from .methods import PEFT_METHODS, load_peft_adapter
+from .training_knobs import resolve_device
 
 RUN_INFO = "run_info.json"
 
@@ -26,6 +26,7 @@ def load_trained_model(
     base: str | Path | None = None,
     species: str | None = None,
     revision: str | None = None,
+    device: str = "auto",
     **input_selection,
 ) -> tuple[PreTrainedModel | PeftModel, Processor, dict]:
     """(model in eval mode, processor, run_info) of a folder written by `train_annotation`, or of an adapter
@@ -36,9 +37,11 @@ def load_trained_model(
     must match the recorded fingerprint, so an adapter is never applied to a different backbone. `species`
     maps the cells' genes to human ones (an adapter trained with a species applies its saved map by itself).
     `input_selection` (`layer`, `use_raw`, `gene_column`; None keeps the saved one) overrides what the processor reads.
+    `device` is where the model goes: auto (a CUDA GPU if visible, else the CPU), cpu, cuda or cuda:N.
     """
     from .hub import resolve_adapter  # hub.py builds on the annotation task, so it is imported on use
 
+    target = resolve_device(device)  # a bad --device fails before anything is loaded
     adapter_dir = resolve_adapter(adapter)
     info_path = adapter_dir / RUN_INFO
     if not info_path.is_file():
@@ -66,5 +69,5 @@ def load_trained_model(
         model = load_peft_adapter(model, adapter_dir)
     else:
         model = load_classifier(adapter_dir, processor)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model.to(target).eval()
     return model, processor, run_info
