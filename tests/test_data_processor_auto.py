@@ -288,9 +288,9 @@ def test_train_on_scanpys_own_pbmc68k_reduced_with_use_raw_and_predict_with_the_
     )
 
     new_cells = scanpy_pbmc[1::3].copy()  # scaled X again: predict must read .raw by itself
-    predicted = load_annotator(adapter).predict(new_cells.copy())
+    predicted = load_annotator(adapter).predict(new_cells, copy=True)
     as_x = new_cells.raw.to_adata()  # the same values handed over as X, with the saved choice turned off
-    reference = load_annotator(adapter, use_raw=False).predict(as_x)
+    reference = load_annotator(adapter, use_raw=False).predict(as_x, copy=True)
     np.testing.assert_allclose(predicted.obsm["X_scpeft"], reference.obsm["X_scpeft"], rtol=1e-5, atol=1e-6)
     assert (predicted.obs["scpeft_pred"] == reference.obs["scpeft_pred"]).all()
     assert predicted.obs["scpeft_pred"].nunique() >= 1
