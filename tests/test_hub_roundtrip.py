@@ -93,7 +93,7 @@ def roundtrip(tmp_path_factory) -> dict:
             env,
         )  # fmt: skip
         card = hub.files(ADAPTER_ID)["README.md"].decode()
-        three_lines = re.search(r"```python\n(labels = .*?)```", card, flags=re.DOTALL).group(1)
+        three_lines = re.search(r"```python\n(processor = .*?)```", card, flags=re.DOTALL).group(1)
         requests_before_predict = len(hub.requests)
         predict = cli_calls(
             ["predict", "--adapter", ADAPTER_ID, "--data", str(work / "cells.h5ad"), "--out", str(work / "a.h5ad")],
@@ -102,7 +102,7 @@ def roundtrip(tmp_path_factory) -> dict:
         )  # fmt: skip
         three_line_check = f"""
 import json, anndata, numpy, scpeft_hf
-from huggingface_hub import hf_hub_download
+from transformers import AutoProcessor
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 from scpeft_hf.tasks.annotation import load_annotator
@@ -113,7 +113,7 @@ annotator = load_annotator({ADAPTER_ID!r})
 tokens = annotator.processor(anndata.read_h5ad({str(work / "cells.h5ad")!r}))
 collator = make_collator(annotator.processor, train=False)
 ours, theirs = (run_model(m, tokens, collator).logits for m in (annotator.model, model.eval()))
-json.dump({{"max_abs_diff": float(numpy.abs(ours - theirs).max()), "labels": labels}}, open({str(work / "three.json")!r}, "w"))
+json.dump({{"max_abs_diff": float(numpy.abs(ours - theirs).max()), "labels": processor.label_names, "processor": type(processor).__name__}}, open({str(work / "three.json")!r}, "w"))
 """  # noqa: E501
         # a machine of its own: an empty Hugging Face cache, so the base is downloaded at the recorded commit
         run_python(predict + three_line_check, hub_environment(hub.url, work / "hf_home_elsewhere"))
@@ -176,4 +176,5 @@ def test_predictions_from_both_hub_ids_are_identical(roundtrip):
 def test_the_three_line_load_of_the_card_equals_load_annotator(roundtrip):
     result = json.loads((roundtrip["work"] / "three.json").read_text())
     assert result["labels"] == sorted(CLASSES)
+    assert result["processor"] == "ScGPTProcessor"  # AutoProcessor found the saved processor from the Hub id
     assert result["max_abs_diff"] == 0.0

@@ -147,15 +147,17 @@ def transformers_load(info: dict, adapter_ref: str) -> str:
         return ""
     revision = info.get("base_model_revision")
     return f"""
-With transformers and peft alone (after `import json, scpeft_hf`, which registers scGPT and the scPEFT tuners;
-`hf_hub_download` from huggingface_hub, `AutoModelForSequenceClassification` from transformers, `PeftModel` from
-peft), the label count comes first, from the label names saved with the adapter:
+With transformers and peft alone (after `import scpeft_hf`, which registers scGPT, its processor and the scPEFT
+tuners; `AutoProcessor` and `AutoModelForSequenceClassification` from transformers, `PeftModel` from peft), the
+processor comes first: it holds the label names, and the label count must be known before the base is built:
 
 ```python
-labels = json.load(open(hf_hub_download("{adapter_ref}", "processor_config.json")))["label_names"]
-base = AutoModelForSequenceClassification.from_pretrained("{base_model}", revision={revision!r}, num_labels=len(labels), id2label=dict(enumerate(labels)))
+processor = AutoProcessor.from_pretrained("{adapter_ref}")  # label names, gene vocabulary, binning
+base = AutoModelForSequenceClassification.from_pretrained("{base_model}", revision={revision!r}, num_labels=len(processor.label_names), id2label=dict(enumerate(processor.label_names)))
 model = PeftModel.from_pretrained(base, "{adapter_ref}")
 ```
+
+`processor(adata)` then tokenizes cells for `model`.
 """
 
 
