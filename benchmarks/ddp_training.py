@@ -71,7 +71,7 @@ def main() -> None:
 
     import torch
 
-    from scpeft_hf.tasks.pretrain import demo_data
+    from scpeft_hf.demo import demo_data
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -39,10 +41,10 @@ def layer_spec(placement: str, num_layers: int) -> str:
 def run_accuracy(args: argparse.Namespace, results: dict, save) -> None:
     from transformers import AutoConfig
 
+    from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
     from scpeft_hf.tasks.annotation import TrainingSettings, train_annotation
     from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
-    from scpeft_hf.tasks.demo import logistic_regression_baseline
-    from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
+    from scpeft_hf.tasks.baseline import logistic_regression_baseline
 
     adata = demo_data()
     # train + validation cells of the demo split become "train": each seed carves its own validation split
@@ -50,7 +52,10 @@ def run_accuracy(args: argparse.Namespace, results: dict, save) -> None:
     num_layers = AutoConfig.from_pretrained(DEMO_BACKBONE).num_hidden_layers
     results["backbone"] = f"{DEMO_BACKBONE_NAME} (the embedded backbone)"
     results["backbone_layers"] = num_layers
-    results["baseline"] = logistic_regression_baseline(adata, seed=0)
+    split = adata.obs[DEMO_SPLIT_KEY].to_numpy()
+    results["baseline"] = logistic_regression_baseline(
+        adata, DEMO_LABEL_KEY, np.flatnonzero(split != "test"), np.flatnonzero(split == "test")
+    )
     done = {(row["method"], row["placement"], row["seed"]) for row in results["accuracy"]}
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:

@@ -16,6 +16,9 @@ from pathlib import Path
 from .errors import InvalidInputError, OutputExistsError
 
 MARKER = ".scpeft-hf.json"
+# the artifacts every task folder holds, read back by loading and by `push`
+RUN_INFO = "run_info.json"
+METRICS = "metrics.json"
 
 
 def is_marked(folder: Path) -> bool:

@@ -22,12 +22,12 @@ from huggingface_hub import constants
 from safetensors.torch import load as load_safetensors
 
 from scpeft_hf.cli import main as cli_main
+from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.models.scgpt import ScGPTForMaskedExpressionModeling
 from scpeft_hf.tasks.annotation import load_annotator
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
 from scpeft_hf.tasks.card import hub_model_id
 from scpeft_hf.tasks.hub import push_adapter
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from tests.hub_server import HubServer
 
 REPO_ID = "alice/pbmc-encoder"

@@ -9,9 +9,9 @@ import pytest
 
 import scpeft_hf
 from scpeft_hf.cli import main as cli_main
+from scpeft_hf.demo import run_demo
 from scpeft_hf.errors import InvalidInputError, OutputExistsError
 from scpeft_hf.output_folders import MARKER, check_out_dir, make_staging_dir, publish
-from scpeft_hf.tasks.demo import run_demo
 
 
 def user_folder(path: Path) -> Path:

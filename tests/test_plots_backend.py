@@ -13,7 +13,7 @@ import numpy as np
 def test_importing_task_modules_keeps_the_matplotlib_backend():
     code = (
         "import matplotlib\n"
-        "import scpeft_hf.tasks.annotation, scpeft_hf.tasks.embedding, scpeft_hf.tasks.demo, scpeft_hf.tasks.plots\n"
+        "import scpeft_hf.tasks.annotation, scpeft_hf.tasks.embedding, scpeft_hf.demo, scpeft_hf.tasks.plots\n"
         "print(matplotlib.get_backend())\n"
     )
     result = subprocess.run(

@@ -15,10 +15,11 @@ import pytest
 from safetensors import safe_open
 
 from scpeft_hf.cli import main as cli_main
+from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.tasks.annotation import load_annotator
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME
 from scpeft_hf.tasks.metrics import classification_metrics
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, PRETRAINING_CELLS, demo_data
+from scpeft_hf.tasks.pretrain import PRETRAINING_CELLS
 
 TRAIN_FILES = {
     ".scpeft-hf.json",

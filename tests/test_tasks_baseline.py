@@ -16,8 +16,8 @@ from sklearn.preprocessing import StandardScaler
 
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.datasets import baron_pancreas
+from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.tasks.baseline import feature_columns, log_normalised_expression, logistic_regression_baseline
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
 FAST = ["--epochs", "1", "--max-length", "64", "--batch-size", "64"]
 

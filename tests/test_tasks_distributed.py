@@ -16,12 +16,12 @@ import anndata as ad
 import pytest
 from transformers import Trainer, TrainingArguments
 
+from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.models.geneformer import load_geneformer
 from scpeft_hf.tasks.annotation import load_annotator
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE, load_classifier, load_processor
 from scpeft_hf.tasks.methods import METHODS, prepare_model
 from scpeft_hf.tasks.metrics import classification_metrics
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 
 from .geneformer_helpers import write_tiny_geneformer
 

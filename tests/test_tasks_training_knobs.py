@@ -12,9 +12,9 @@ from transformers import TrainingArguments
 
 from scpeft_hf.cli import build_parser, training_settings
 from scpeft_hf.cli import main as cli_main
+from scpeft_hf.demo import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.errors import InvalidInputError
 from scpeft_hf.tasks.methods import parse_adapter_layers
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
 from scpeft_hf.tasks.training_knobs import resolve_precision, trainer_arguments
 
 

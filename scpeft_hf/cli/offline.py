@@ -26,7 +26,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..tasks.demo import run_demo
+    from ..demo import run_demo
 
     check_device_options(args)
     run_demo(

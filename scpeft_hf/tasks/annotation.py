@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..data.collator import CollatorEpochCallback
 from ..errors import InvalidInputError, MissingKeyError, ScpeftUserError
 from ..models.fingerprint import backbone_fingerprint
-from ..output_folders import check_out_dir, make_partial_dir, publish
+from ..output_folders import METRICS, RUN_INFO, check_out_dir, make_partial_dir, publish
 from .annotator import Annotator, load_annotator
 from .backbones import (
     SpeciesSettings,
@@ -47,12 +47,9 @@ from .methods import METHODS, PEFT_METHODS, head_overrides, parse_adapter_layers
 from .metrics import classification_metrics, compute_metrics
 from .plots import plot_confusion_matrix, plot_umap
 from .splits import balanced_class_weights, check_training_classes, normalise_test_groups, split_cells
-from .trained import RUN_INFO
 from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
-
-METRICS = "metrics.json"
 
 
 @dataclass

@@ -18,6 +18,7 @@ from .backbones import (
     make_collator,
     resolve_base,
 )
+from .hub import resolve_adapter
 from .inference import run_model
 from .integration_model import load_integration_model
 from .outputs import DEFAULT_KEY, CellResults, base_record, check_key_added, run_record
@@ -65,8 +66,6 @@ def embed_cells(
     passes = {"precision": precision, "progress": progress}
     reference = None if adapter is None else str(adapter)
     if adapter is not None:
-        from .hub import resolve_adapter  # hub.py builds on the task modules, so it is imported on use
-
         adapter = resolve_adapter(adapter)  # a Hub id becomes the downloaded folder
     if adapter is not None and _written_by_integrate(adapter):
         integration = load_integration_model(adapter, base=base, revision=revision, device=device)

@@ -41,7 +41,7 @@ from ..data.geneformer_processor import GENE_NAME_ID_NAME, MEDIAN_DICTIONARY_NAM
 from ..data.orthologs import GENE_MAP_NAME
 from ..data.processor import PROCESSOR_CONFIG_NAME, VOCAB_NAME
 from ..errors import HubAccessError, HubConnectionError, InvalidInputError, MissingFileError
-from .annotation import METRICS, RUN_INFO
+from ..output_folders import METRICS, RUN_INFO
 from .backbones import DEMO_BACKBONE_NAME, is_hub_repo_id, load_processor
 from .card import hub_model_id, render_adapter_card
 from .integration_report import render_integration_card

@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 from ..data import GeneformerProcessor
 from ..errors import InvalidInputError, MissingDependencyError, MissingKeyError
 from ..models.fingerprint import backbone_fingerprint
-from ..output_folders import check_out_dir, make_staging_dir, publish
+from ..output_folders import METRICS, RUN_INFO, check_out_dir, make_staging_dir, publish
 from .backbones import (
     base_reference,
     base_revision,
@@ -33,7 +33,6 @@ from .backbones import (
 )
 from .inference import run_model
 from .integration_model import (
-    RUN_INFO,
     IntegrationModel,
     IntegrationSettings,
     batch_ids,
@@ -58,7 +57,6 @@ from .training_knobs import resolve_precision, trainer_arguments
 
 logger = logging.getLogger(__name__)
 
-METRICS = "metrics.json"
 INTEGRATED = "integrated.h5ad"
 METHODS = (*PEFT_METHODS, "full")
 # Trained and saved beside the adapter: the decoders, the batch modules and DSBN's running statistics.

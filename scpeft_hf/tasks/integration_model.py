@@ -17,12 +17,11 @@ from transformers.utils import logging as transformers_logging
 from ..errors import InvalidInputError, MissingFileError, MissingKeyError
 from ..models.fingerprint import backbone_fingerprint
 from ..models.scgpt import ScGPTForBatchIntegration
+from ..output_folders import RUN_INFO
 from .backbones import load_processor, make_collator, resolve_base
 from .inference import run_model
 from .methods import PEFT_METHODS
 from .training_knobs import resolve_device
-
-RUN_INFO = "run_info.json"
 
 
 @dataclass

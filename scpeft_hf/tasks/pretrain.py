@@ -7,8 +7,6 @@ tissue the backbone never saw. Three steps, so that the training step needs only
 machine without anndata or datasets): `prepare_pool` (vocabulary + tokenized arrays), `train_backbone` (weights
 and held-out losses against mean predictors), `package_backbone` (the model folder with vocab, processor, card).
 `pretrain_backbone` runs all three; `scripts/pretrain_backbone.py` runs them one by one.
-
-This module also holds the demo's fixed pbmc68k_reduced split (`demo_data`), shared by the demo and the tests.
 """
 
 from __future__ import annotations
@@ -27,29 +25,12 @@ from .training_knobs import autocast, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
-DEMO_LABEL_KEY = "bulk_labels"
-DEMO_SPLIT_KEY = "demo_split"
-DEMO_SPLIT_SEED = 0
 PRETRAINING_CELLS = "pretraining_cells.txt"
 PRETRAINED_GENES = "pretrained_genes.txt"
 PRETRAINING_METRICS = "pretraining_metrics.json"
 GENE_EMBEDDING = "scgpt.embeddings.gene_encoder.embedding.weight"
 # How each dataset's coverage is reported in the card: name -> (loader, species)
 COVERAGE_DATASETS = ("pbmc68k_reduced", "baron_human", "baron_mouse")
-
-
-def demo_data():
-    """pbmc68k_reduced with exact counts and `obs["demo_split"]`: the fixed stratified 72/8/20 split."""
-    from ..datasets import pbmc68k_reduced
-    from .splits import make_splits
-
-    adata = pbmc68k_reduced()
-    splits = make_splits(adata.obs[DEMO_LABEL_KEY], seed=DEMO_SPLIT_SEED)
-    column = np.empty(adata.n_obs, dtype=object)
-    for name, index in splits.items():
-        column[index] = name
-    adata.obs[DEMO_SPLIT_KEY] = column
-    return adata
 
 
 POOL = ("pbmc3k", "hlca_lung_query", "celltypist_sample", "pbmc_mosaic")

@@ -14,11 +14,11 @@ from transformers import PreTrainedModel
 from ..data.orthologs import read_pretrained_genes
 from ..errors import InvalidInputError, MissingFileError
 from ..models.fingerprint import backbone_fingerprint
+from ..output_folders import RUN_INFO
 from .backbones import Processor, load_classifier, load_processor, resolve_base
+from .hub import resolve_adapter
 from .methods import PEFT_METHODS, load_peft_adapter
 from .training_knobs import resolve_device
-
-RUN_INFO = "run_info.json"
 
 
 def load_trained_model(
@@ -39,8 +39,6 @@ def load_trained_model(
     `input_selection` (`layer`, `use_raw`, `gene_column`; None keeps the saved one) overrides what the processor reads.
     `device` is where the model goes: auto (a CUDA GPU if visible, else the CPU), cpu, cuda or cuda:N.
     """
-    from .hub import resolve_adapter  # hub.py builds on the annotation task, so it is imported on use
-
     target = resolve_device(device)  # a bad --device fails before anything is loaded
     adapter_dir = resolve_adapter(adapter)
     info_path = adapter_dir / RUN_INFO

@@ -1,5 +1,10 @@
 """`scpeft-hf demo`: annotate bundled PBMCs offline with an encoder adapter, compared with a linear probe,
-full fine-tuning and a logistic-regression baseline on the same split."""
+full fine-tuning and a logistic-regression baseline on the same split.
+
+The demo composes the annotation task (three trainings and a comparison), so it sits above `tasks/`, beside the
+CLI, and the tasks never import each other. `demo_data` is its fixed pbmc68k_reduced split, which the notebooks
+and tests use too.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,33 @@ import json
 import shutil
 from pathlib import Path
 
-from ..output_folders import check_out_dir, make_staging_dir, publish
-from .annotation import TrainingSettings, train_annotation
-from .backbones import DEMO_BACKBONE_NAME
-from .card import render_adapter_card
-from .pretrain import DEMO_LABEL_KEY, DEMO_SPLIT_KEY, demo_data
+import numpy as np
+
+from .output_folders import check_out_dir, make_staging_dir, publish
+from .tasks.annotation import TrainingSettings, train_annotation
+from .tasks.backbones import DEMO_BACKBONE_NAME
+from .tasks.card import render_adapter_card
+from .tasks.splits import make_splits
+
+DEMO_LABEL_KEY = "bulk_labels"
+DEMO_SPLIT_KEY = "demo_split"
+DEMO_SPLIT_SEED = 0
 
 # Epoch budgets per method (early stopping on validation macro-F1 may end sooner).
 DEMO_EPOCHS = {"encoder": 5, "probe": 5, "full": 4}
+
+
+def demo_data():
+    """pbmc68k_reduced with exact counts and `obs["demo_split"]`: the fixed stratified 72/8/20 split."""
+    from .datasets import pbmc68k_reduced
+
+    adata = pbmc68k_reduced()
+    splits = make_splits(adata.obs[DEMO_LABEL_KEY], seed=DEMO_SPLIT_SEED)
+    column = np.empty(adata.n_obs, dtype=object)
+    for name, index in splits.items():
+        column[index] = name
+    adata.obs[DEMO_SPLIT_KEY] = column
+    return adata
 
 
 def format_table(rows: dict[str, dict]) -> str:
