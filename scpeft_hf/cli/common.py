@@ -105,3 +105,37 @@ def add_species_option(parser: argparse.ArgumentParser) -> None:
         help="species of the cells (e.g. mouse): genes are mapped to human symbols through an ortholog table and "
         "matched case-exactly (default: matched as given, with a case-insensitive fallback)",
     )
+
+
+def add_backed_options(parser: argparse.ArgumentParser) -> None:
+    """`--backed` and `--chunk-size` of `predict` and `embed` (see `tasks/large_files.py`)."""
+    parser.add_argument(
+        "--backed",
+        action="store_true",
+        help="stream --data from disk a chunk of cells at a time (for files larger than memory): --out is a copy "
+        "of --data plus the new obs/obsm/uns elements. Chosen by itself when the file's arrays would take more "
+        "than half of the available memory",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        help="cells read and tokenized at a time with --backed (default 2048)",
+    )
+
+
+def streams(args: argparse.Namespace) -> bool:
+    """Whether `predict`/`embed` stream --data: --backed, or arrays over half the available memory (said so)."""
+    from ..tasks.large_files import AUTO_BACKED_FRACTION, too_large_for_memory
+
+    if not Path(args.data).is_file():
+        raise MissingFileError(f"--data {args.data} does not exist; pass the path of an .h5ad file")
+    if args.backed:
+        return True
+    if too_large_for_memory(args.data):
+        print(
+            f"--data {args.data} would take more than {AUTO_BACKED_FRACTION:.0%} of the available memory: streaming "
+            "it (as with --backed)"
+        )
+        return True
+    return False

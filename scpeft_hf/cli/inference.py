@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from .common import add_species_option, check_out_file, read_h5ad, write_h5ad
+from .common import add_backed_options, add_species_option, check_out_file, read_h5ad, streams, write_h5ad
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -15,6 +15,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_out_file(args.out, args.overwrite)
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
+    if streams(args):
+        return _predict_backed(args)
     cells = read_h5ad(args.data)
     annotator = load_annotator(args.adapter, base=args.base, species=args.species)
     adata = annotator.predict(cells, batch_size=args.batch_size)
@@ -26,6 +28,42 @@ def _predict(args: argparse.Namespace) -> int:
     )
     if metrics is not None:
         _write_prediction_metrics(args, metrics)
+    return 0
+
+
+def _predict_backed(args: argparse.Namespace) -> int:
+    """`predict` streaming --data from disk (see `tasks/large_files.py`)."""
+    from ..errors import MissingKeyError
+    from ..tasks.annotation import load_annotator
+    from ..tasks.large_files import predict_file
+    from ..tasks.outputs import DEFAULT_KEY
+
+    key_added = getattr(args, "key_added", DEFAULT_KEY)  # --key-added, where the command has it
+    if args.label_key:
+        from ..data.streaming import open_h5ad, read_frame
+
+        with open_h5ad(args.data) as file:
+            columns = list(read_frame(file, "obs").columns)
+        if args.label_key not in columns:
+            raise MissingKeyError(
+                f"--label-key {args.label_key} is not an obs column of {args.data}: {columns}"
+            )
+    annotator = load_annotator(args.adapter, base=args.base, species=args.species)
+    result = predict_file(
+        annotator,
+        args.data,
+        args.out,
+        key_added=key_added,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+    )
+    counts = result.obs[f"{key_added}_pred"].value_counts()
+    print(
+        f"Annotated {result.n_obs} cells into {args.out} ({result.n_obs / result.seconds:.1f} cells/s, streamed): "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    if args.label_key:
+        _write_prediction_metrics(args, _score_predictions(args, result, annotator))
     return 0
 
 
@@ -78,6 +116,8 @@ def _embed(args: argparse.Namespace) -> int:
     from ..tasks.embedding import embed_cells
 
     check_out_file(args.out, args.overwrite)
+    if streams(args):
+        return _embed_backed(args)
     adata = embed_cells(
         read_h5ad(args.data),
         base=args.base,
@@ -89,6 +129,25 @@ def _embed(args: argparse.Namespace) -> int:
     write_h5ad(adata, args.out)
     print(
         f"Wrote {adata.obsm['X_scpeft'].shape[1]}-dimensional embeddings of {adata.n_obs} cells to {args.out}"
+    )
+    return 0
+
+
+def _embed_backed(args: argparse.Namespace) -> int:
+    """`embed` streaming --data from disk (see `tasks/large_files.py`)."""
+    from ..tasks.large_files import embed_file
+    from ..tasks.outputs import DEFAULT_KEY
+    from ..tasks.trained import load_embedding_model
+
+    key_added = getattr(args, "key_added", DEFAULT_KEY)  # --key-added, where the command has it
+    model, processor = load_embedding_model(args.adapter, args.base, args.species)
+    result = embed_file(
+        model, processor, args.data, args.out, key_added=key_added, chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    print(
+        f"Wrote embeddings of {result.n_obs} cells to {args.out} ({result.n_obs / result.seconds:.1f} cells/s, "
+        "streamed)"
     )
     return 0
 
@@ -139,6 +198,7 @@ def add_predict_command(commands) -> None:
     predict.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_species_option(predict)
+    add_backed_options(predict)
     predict.add_argument(
         "--label-key",
         default=None,
@@ -172,6 +232,7 @@ def add_embed_command(commands) -> None:
     embed.add_argument("--batch-size", type=int, default=64, help="cells per forward pass")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_species_option(embed)
+    add_backed_options(embed)
     embed.add_argument(
         "--batch-key",
         default=None,

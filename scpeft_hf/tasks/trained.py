@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 from ..data.orthologs import read_pretrained_genes
 from ..errors import InvalidInputError, MissingFileError
 from ..models.fingerprint import backbone_fingerprint
-from .backbones import Processor, load_classifier, load_processor, resolve_base
+from .backbones import Processor, load_backbone, load_classifier, load_processor, resolve_base
 from .methods import PEFT_METHODS, load_peft_adapter
 
 RUN_INFO = "run_info.json"
@@ -62,3 +62,27 @@ def load_trained_model(
         model = load_classifier(adapter_dir, processor)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, processor, run_info
+
+
+def load_embedding_model(
+    adapter: str | Path | None = None, base: str | Path | None = None, species: str | None = None
+) -> tuple[PreTrainedModel | PeftModel, Processor]:
+    """(model in eval mode, processor) whose outputs carry `cell_embedding`: a `train` adapter on its base (see
+    `load_trained_model`), or without `adapter` the base itself (the embedded backbone when `base` is None).
+    A folder written by `integrate` embeds through `integration.load_integration_model` instead."""
+    if adapter is not None:
+        from .hub import resolve_adapter
+
+        adapter_dir = resolve_adapter(adapter)
+        info_path = adapter_dir / RUN_INFO
+        if info_path.is_file() and json.loads(info_path.read_text()).get("task") == "integration":
+            raise InvalidInputError(
+                f"{adapter} was written by `integrate`, whose embeddings need each cell's batch: embed it in memory "
+                "(embed_cells, or `scpeft-hf embed` without --backed)"
+            )
+        model, processor, _ = load_trained_model(adapter_dir, base, species=species)
+        return model, processor
+    base_dir = resolve_base(base)
+    processor = load_processor(base_dir, species=species)
+    model = load_backbone(base_dir, processor)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), processor
