@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -218,3 +219,33 @@ def test_files_larger_than_half_the_available_memory_stream(layered, monkeypatch
     assert not too_large_for_memory(src)
     monkeypatch.setattr(large_files, "available_memory", lambda: 2 * size - 2)
     assert too_large_for_memory(src)
+
+
+def test_predict_backed_cli_equals_predict_and_scores_the_same(cells, annotator, tmp_path, capsys):
+    folder = (
+        tmp_path / "full-model"
+    )  # a `train --method full` folder: the whole model, its processor, run_info
+    annotator.model.save_pretrained(folder)
+    annotator.processor.save_pretrained(folder)
+    (folder / "run_info.json").write_text(json.dumps(annotator.run_info))
+    src = tmp_path / "cells.h5ad"
+    cells.write_h5ad(src)
+    common = ["--adapter", str(folder), "--data", str(src), "--label-key", DEMO_LABEL_KEY]
+
+    assert cli_main(["predict", *common, "--out", str(tmp_path / "memory" / "out.h5ad")]) == 0
+    missing = cli_main(
+        ["predict", "--backed", *common[:-1], "nope", "--out", str(tmp_path / "x" / "out.h5ad")]
+    )
+    code = cli_main(
+        ["predict", "--backed", "--chunk-size", "300", *common, "--out", str(tmp_path / "disk" / "out.h5ad")]
+    )
+
+    assert missing == 2 and "--label-key nope is not an obs column" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert code == 0
+    expected, got = (ad.read_h5ad(tmp_path / name / "out.h5ad") for name in ("memory", "disk"))
+    assert (got.obs["scpeft_pred"].astype(str) == expected.obs["scpeft_pred"].astype(str)).all()
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("memory", "disk")]
+    assert (
+        metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["macro_f1"] == metrics[1]["macro_f1"]
+    )
