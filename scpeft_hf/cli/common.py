@@ -126,13 +126,16 @@ def add_backed_options(parser: argparse.ArgumentParser) -> None:
 
 def streams(args: argparse.Namespace) -> bool:
     """Whether `predict`/`embed` stream --data: --backed, or arrays over half the available memory (said so)."""
+    from ..errors import ScpeftUserError
     from ..tasks.large_files import AUTO_BACKED_FRACTION, too_large_for_memory
 
-    if not Path(args.data).is_file():
-        raise MissingFileError(f"--data {args.data} does not exist; pass the path of an .h5ad file")
     if args.backed:
         return True
-    if too_large_for_memory(args.data):
+    try:
+        too_large = too_large_for_memory(args.data)
+    except ScpeftUserError:  # absent or unreadable: reading it in memory says so, naming --data
+        return False
+    if too_large:
         print(
             f"--data {args.data} would take more than {AUTO_BACKED_FRACTION:.0%} of the available memory: streaming "
             "it (as with --backed)"
