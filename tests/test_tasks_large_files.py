@@ -249,3 +249,24 @@ def test_predict_backed_cli_equals_predict_and_scores_the_same(cells, annotator,
     assert (
         metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["macro_f1"] == metrics[1]["macro_f1"]
     )
+
+
+def test_run_model_keeps_only_the_embeddings_not_the_hidden_states(cells, monkeypatch):
+    from scpeft_hf.tasks.backbones import make_collator
+    from scpeft_hf.tasks.inference import run_model
+    from scpeft_hf.tasks.trained import load_embedding_model
+
+    model, _ = load_embedding_model(base=DEMO_BACKBONE)
+    processor = load_processor(DEMO_BACKBONE, max_length=64)
+    kept, cat = [], torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        kept.extend(tensors)
+        return cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", spy)
+    result = run_model(model, processor(cells[:40]), make_collator(processor, train=False), batch_size=16)
+
+    assert result.cell_embeddings.shape == (40, 128) and len(kept) == 3
+    # each batch's embeddings own their memory: [16, 128] floats, not the [16, 64, 128] hidden states
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in kept)

@@ -31,7 +31,8 @@ def run_model(model: torch.nn.Module, dataset, collator, batch_size: int = 64) -
         outputs = model(**batch)
         if getattr(outputs, "logits", None) is not None:
             logits.append(outputs.logits.float().cpu())
-        embeddings.append(outputs.cell_embedding.float().cpu())
+        # a copy: the <cls> row is a view that would keep the batch's whole [B, L, d] hidden states alive
+        embeddings.append(outputs.cell_embedding.float().cpu().clone())
     model.train(was_training)
     return ForwardResult(
         logits=torch.cat(logits).numpy() if logits else None,
