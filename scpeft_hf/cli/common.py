@@ -186,3 +186,40 @@ def _base_reference(text: str) -> str:
     except InvalidInputError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
     return text
+
+
+def add_backed_options(parser: argparse.ArgumentParser) -> None:
+    """`--backed` and `--chunk-size` of `predict` and `embed` (see `tasks/large_files.py`)."""
+    parser.add_argument(
+        "--backed",
+        action="store_true",
+        help="stream --data from disk a chunk of cells at a time (for files larger than memory): --out is a copy "
+        "of --data plus the new obs/obsm/uns elements. Chosen by itself when the file's arrays would take more "
+        "than half of the available memory",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        help="cells read and tokenized at a time with --backed (default 2048)",
+    )
+
+
+def streams(args: argparse.Namespace) -> bool:
+    """Whether `predict`/`embed` stream --data: --backed, or arrays over half the available memory (said so)."""
+    from ..errors import ScpeftUserError
+    from ..tasks.large_files import AUTO_BACKED_FRACTION, too_large_for_memory
+
+    if args.backed:
+        return True
+    try:
+        too_large = too_large_for_memory(args.data)
+    except ScpeftUserError:  # absent or unreadable: reading it in memory says so, naming --data
+        return False
+    if too_large:
+        print(
+            f"--data {args.data} would take more than {AUTO_BACKED_FRACTION:.0%} of the available memory: streaming "
+            "it (as with --backed)"
+        )
+        return True
+    return False

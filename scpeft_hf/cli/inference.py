@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from .common import (
+    add_backed_options,
     add_base_option,
     add_device_options,
     add_input_options,
@@ -15,6 +16,7 @@ from .common import (
     check_device_options,
     check_out_file,
     read_h5ad,
+    streams,
     write_h5ad,
 )
 
@@ -26,6 +28,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_device_options(args)
     if (args.label_map or args.shared_labels_only) and not args.label_key:
         raise InvalidInputError("--label-map and --shared-labels-only score predictions: add --label-key KEY")
+    if streams(args):
+        return _predict_backed(args)
     adata = read_h5ad(args.data)
     annotator = load_annotator(
         args.adapter,
@@ -48,6 +52,53 @@ def _predict(args: argparse.Namespace) -> int:
     )
     if metrics is not None:
         _write_prediction_metrics(args, metrics)
+    return 0
+
+
+def _check_streamable_input(args: argparse.Namespace) -> None:
+    if args.use_raw:
+        raise InvalidInputError(
+            f"--data {args.data} is streamed from disk (--backed, or too large for memory), which reads X or a "
+            "--layer: copy .raw.X into a layer and pass --layer NAME instead of --use-raw"
+        )
+
+
+def _predict_backed(args: argparse.Namespace) -> int:
+    """`predict` streaming --data from disk (see `tasks/large_files.py`)."""
+    _check_streamable_input(args)
+    from ..errors import MissingKeyError
+    from ..tasks.annotation import load_annotator
+    from ..tasks.large_files import predict_file
+
+    key_added = args.key_added
+    if args.label_key:
+        from ..data.streaming import open_h5ad, read_frame
+
+        with open_h5ad(args.data) as file:
+            columns = list(read_frame(file, "obs").columns)
+        if args.label_key not in columns:
+            raise MissingKeyError(
+                f"--label-key {args.label_key} is not an obs column of {args.data}: {columns}"
+            )
+    annotator = load_annotator(args.adapter, base=args.base, species=args.species, device=args.device)
+    result = predict_file(
+        annotator,
+        args.data,
+        args.out,
+        key_added=key_added,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        layer=args.layer,
+    )
+    counts = result.obs[f"{key_added}_pred"].value_counts()
+    counts = counts[counts > 0]
+    print(
+        f"Annotated {result.n_obs} cells into {args.out} ({result.n_obs / result.seconds:.1f} cells/s, streamed): "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    if args.label_key:
+        _write_prediction_metrics(args, _score_predictions(args, result, annotator))
     return 0
 
 
@@ -101,6 +152,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     check_out_file(args.out, args.overwrite)
     check_device_options(args)
+    if streams(args):
+        return _embed_backed(args)
     adata = read_h5ad(args.data)
     embed_cells(
         adata,
@@ -120,6 +173,24 @@ def _embed(args: argparse.Namespace) -> int:
     write_h5ad(adata, args.out)
     dimensions = adata.obsm[f"X_{args.key_added}"].shape[1]
     print(f"Wrote {dimensions}-dimensional embeddings of {adata.n_obs} cells to {args.out}")
+    return 0
+
+
+def _embed_backed(args: argparse.Namespace) -> int:
+    """`embed` streaming --data from disk (see `tasks/large_files.py`)."""
+    _check_streamable_input(args)
+    from ..tasks.large_files import embed_file
+    from ..tasks.trained import load_embedding_model
+
+    model, processor = load_embedding_model(args.adapter, args.base, args.species, device=args.device)
+    result = embed_file(
+        model, processor, args.data, args.out, key_added=args.key_added, chunk_size=args.chunk_size,
+        batch_size=args.batch_size, precision=args.precision, layer=args.layer,
+    )  # fmt: skip
+    print(
+        f"Wrote embeddings of {result.n_obs} cells to {args.out} ({result.n_obs / result.seconds:.1f} cells/s, "
+        "streamed)"
+    )
     return 0
 
 
@@ -174,6 +245,7 @@ def add_predict_command(commands) -> None:
     predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_input_options(predict)
     add_species_option(predict)
+    add_backed_options(predict)
     predict.add_argument(
         "--label-key",
         default=None,
@@ -211,6 +283,7 @@ def add_embed_command(commands) -> None:
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_input_options(embed)
     add_species_option(embed)
+    add_backed_options(embed)
     embed.add_argument(
         "--batch-key",
         default=None,

@@ -52,7 +52,8 @@ def run_model(
             outputs = model(**batch)
             if getattr(outputs, "logits", None) is not None:
                 logits.append(outputs.logits.float().cpu())
-            embeddings.append(outputs.cell_embedding.float().cpu())
+            # a copy: the <cls> row is a view that would keep the batch's whole [B, L, d] hidden states alive
+            embeddings.append(outputs.cell_embedding.float().cpu().clone())
             bar.update(len(embeddings[-1]))
     model.train(was_training)
     return ForwardResult(

@@ -15,7 +15,7 @@ from ..data.orthologs import read_pretrained_genes
 from ..errors import InvalidInputError, MissingFileError
 from ..models.fingerprint import backbone_fingerprint
 from ..output_folders import RUN_INFO
-from .backbones import Processor, load_classifier, load_processor, resolve_base
+from .backbones import Processor, load_backbone, load_classifier, load_processor, resolve_base
 from .hub import resolve_adapter
 from .methods import PEFT_METHODS, load_peft_adapter
 from .training_knobs import resolve_device
@@ -69,3 +69,32 @@ def load_trained_model(
         model = load_classifier(adapter_dir, processor)
     model.to(target).eval()
     return model, processor, run_info
+
+
+def load_embedding_model(
+    adapter: str | Path | None = None,
+    base: str | Path | None = None,
+    species: str | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+) -> tuple[PreTrainedModel | PeftModel, Processor]:
+    """(model in eval mode, processor) whose outputs carry `cell_embedding`: a `train` adapter on its base (see
+    `load_trained_model`), or without `adapter` the base itself (the embedded backbone when `base` is None; a Hub id
+    at `revision`). A folder written by `integrate` embeds through `integration_model.load_integration_model`."""
+    if adapter is not None:
+        adapter_dir = resolve_adapter(adapter)
+        info_path = adapter_dir / RUN_INFO
+        if info_path.is_file() and json.loads(info_path.read_text()).get("task") == "integration":
+            raise InvalidInputError(
+                f"{adapter} was written by `integrate`, whose embeddings need each cell's batch: embed it in memory "
+                "(embed_cells, or `scpeft-hf embed` without --backed)"
+            )
+        model, processor, _ = load_trained_model(
+            adapter_dir, base, species=species, revision=revision, device=device
+        )
+        return model, processor
+    target = resolve_device(device)
+    base_dir = resolve_base(base, revision)
+    processor = load_processor(base_dir, species=species)
+    model = load_backbone(base_dir, processor)
+    return model.to(target).eval(), processor
