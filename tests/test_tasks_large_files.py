@@ -16,13 +16,13 @@ import torch
 
 from scpeft_hf.cli import main as cli_main
 from scpeft_hf.data.streaming import h5ad_memory_size
+from scpeft_hf.demo import DEMO_LABEL_KEY, demo_data
 from scpeft_hf.errors import InvalidInputError, MissingKeyError
 from scpeft_hf.tasks import large_files
 from scpeft_hf.tasks.annotation import Annotator
 from scpeft_hf.tasks.backbones import DEMO_BACKBONE, DEMO_BACKBONE_NAME, load_classifier, load_processor
 from scpeft_hf.tasks.large_files import predict_file, stream_cell_results, too_large_for_memory
 from scpeft_hf.tasks.outputs import CellResults
-from scpeft_hf.tasks.pretrain import DEMO_LABEL_KEY, demo_data
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_streamed_predict_equals_in_memory_predict(cells, annotator, tmp_path, l
     before = sha256(src)
 
     result = predict_file(annotator, src, dst, chunk_size=256, batch_size=48)  # 256 + 256 + 188 cells
-    in_memory = annotator.predict(ad.read_h5ad(src), batch_size=64)
+    in_memory = annotator.predict(ad.read_h5ad(src), batch_size=64, copy=True)
     streamed = ad.read_h5ad(dst)
 
     assert sha256(src) == before
@@ -89,6 +89,11 @@ def test_streamed_predict_equals_in_memory_predict(cells, annotator, tmp_path, l
     np.testing.assert_array_equal(probabilities.argmax(1), pred.cat.codes)
     np.testing.assert_array_equal(probabilities.max(1), streamed.obs["scpeft_confidence"])
     assert streamed.uns["scpeft"]["labels"].tolist() == annotator.label_names
+    # one record for both paths: the same task, base and adapter; the streamed one says it streamed
+    for key in ("task", "method", "adapter"):
+        assert streamed.uns["scpeft"][key] == in_memory.uns["scpeft"][key]
+    assert streamed.uns["scpeft"]["base"]["fingerprint"] == in_memory.uns["scpeft"]["base"]["fingerprint"]
+    assert streamed.uns["scpeft"]["settings"]["backed"] and "backed" not in in_memory.uns["scpeft"]["settings"]
     # the input's content is all there, X stored byte for byte as in the input
     pd.testing.assert_frame_equal(streamed.obs[list(adata.obs)], ad.read_h5ad(src).obs)
     x_in, x_out = stored_arrays(src, "X"), stored_arrays(dst, "X")
