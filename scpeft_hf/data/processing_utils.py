@@ -310,7 +310,7 @@ def resolve_folder(
     path = Path(name_or_path)
     if path.is_dir():
         return path / subfolder if subfolder else path
-    if path.exists() or not _is_repo_id(str(name_or_path)):
+    if path.exists() or not is_hub_repo_id(str(name_or_path)):
         raise MissingFileError(
             f"{name_or_path} is not a folder; pass the folder given to save_pretrained() or a Hub repo id (owner/name)"
         )
@@ -338,7 +338,8 @@ def resolve_folder(
     return Path(folder) / subfolder if subfolder else Path(folder)
 
 
-def _is_repo_id(reference: str) -> bool:
+def is_hub_repo_id(reference: str) -> bool:
+    """True for `owner/name`, the form of a model repo id on the Hub (which a relative path may also have)."""
     if reference.count("/") != 1:
         return False
     try:

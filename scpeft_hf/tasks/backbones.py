@@ -17,16 +17,15 @@ import pandas as pd
 from anndata import AnnData
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
-    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..data import GeneformerDataCollator, GeneformerProcessor, ScGPTDataCollator, ScGPTProcessor
+from ..data.processing_utils import is_hub_repo_id
 from ..errors import HubConnectionError, InvalidInputError, MissingFileError
 from ..models.geneformer import load_geneformer
 from ..models.scgpt import ScGPTForCellClassification
@@ -156,17 +155,6 @@ def base_revision(base_dir: str | Path) -> str | None:
     """The Hub commit of a base model snapshot (see `base_reference`); None for local folders and the demo."""
     snapshot = hub_snapshot(base_dir)
     return snapshot[1] if snapshot is not None else None
-
-
-def is_hub_repo_id(reference: str) -> bool:
-    """True for `owner/name`, the form of a model repo id on the Hub (which a relative path may also have)."""
-    if reference.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(reference)
-    except HFValidationError:
-        return False
-    return True
 
 
 def processor_class(folder: str | Path) -> type[Processor]:
