@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from anndata import AnnData
 
+from tests.notebook_runner import run_notebook
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -58,13 +60,17 @@ CHECKS = {
 }
 
 
+def test_notebooks_are_committed_executed():
+    """Readers see results without running anything: every code cell ran, and figures and tables are there."""
+    for notebook in NOTEBOOKS:
+        cells = [cell for cell in json.loads(notebook.read_text())["cells"] if cell["cell_type"] == "code"]
+        assert [cell["execution_count"] for cell in cells] == list(range(1, len(cells) + 1)), notebook.name
+        kinds = {kind for cell in cells for output in cell["outputs"] for kind in output.get("data", {})}
+        assert {"image/png", "text/html"} <= kinds, f"{notebook.name} has no figure or no table: {kinds}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_notebook_runs(notebook, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cells = json.loads(notebook.read_text())["cells"]
-    namespace: dict = {"__name__": "__main__"}
-    for index, cell in enumerate(cells):
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{notebook.name}[{index}]", "exec"), namespace)
+def test_notebook_runs(notebook, tmp_path):
+    namespace, _ = run_notebook(notebook, tmp_path)
     CHECKS.get(notebook.stem, check_annotation_outputs)(namespace, tmp_path)
