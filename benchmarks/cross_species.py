@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))  # the repository's scpeft_hf, also when anot
 POLICIES = ("one2one", "sum", "case-insensitive")
 METHODS = ("encoder", "lora", "full", "probe")
 # The issue's grid: every reduction a run makes from it is listed in the results file's header.
+DEFAULT_EPOCHS = 10
 ISSUE_SPEC = {"seeds": [0, 1], "max_length": 1024, "methods": list(METHODS), "policies": list(POLICIES)}
 LABEL_MAP = {"T_cell": "t_cell", "t_cell": "T_cell"}
 
@@ -155,7 +156,8 @@ def train(adata, method, settings, args, seed, split_key=None):
     return result, time.perf_counter() - started
 
 
-def run_scenario_a(mouse, args, rows, report):
+def run_scenario_a(mouse, args, rows, report, seed: int, baselines: bool):
+    """One seed of scenario (a), both directions and every policy; the deterministic baselines when asked."""
     import shutil
 
     from scpeft_hf.tasks.backbones import resolve_base
@@ -170,37 +172,42 @@ def run_scenario_a(mouse, args, rows, report):
             f"{scenario}: {train_cells.n_obs} train cells, {test.n_obs} test cells ({left_out} of other types left out)"
         )
         for policy in args.policies:
-            settings = species_settings(policy)
-            # Both baselines are deterministic: one run each.
-            known = train_cells.obs["cell_type"].unique()
-            lr = logistic_regression(
-                mapped_genes(train_cells, policy), mapped_genes(test, policy), "cell_type", 0
-            )
-            rows.append(dict(scenario=scenario, policy=policy, method="logistic regression", seed=0,
-                             left_out=left_out, **score(test.obs["cell_type"], lr, known)))  # fmt: skip
-            report()
-            zero_shot = nearest_centroid(
-                embeddings(base_dir, train_cells, settings, args.max_length),
-                train_cells.obs["cell_type"].astype(str).to_numpy(),
-                embeddings(base_dir, test, settings, args.max_length),
-            )
-            rows.append(dict(scenario=scenario, policy=policy, method="zero-shot centroid", seed=0,
-                             left_out=left_out, **score(test.obs["cell_type"], zero_shot, known)))  # fmt: skip
-            report()
-            for seed in args.seeds:
-                for method in args.methods:
-                    result, seconds = train(adata, method, settings, args, seed, split_key="split")
-                    metrics = {k.removeprefix("test_"): v for k, v in result.metrics.items()}
-                    rows.append(dict(scenario=scenario, policy=policy, method=method, seed=seed, seconds=seconds,
-                                     left_out=left_out, n_scored=test.n_obs, **metrics))  # fmt: skip
-                    print(
-                        f"  {policy:<16} {method:<8} seed {seed}: balanced accuracy {metrics['balanced_accuracy']:.3f}"
-                    )
-                    report()
-                    shutil.rmtree(result.out_dir.parent, ignore_errors=True)
+            if baselines:
+                rows.extend(baselines_a(base_dir, scenario, train_cells, test, left_out, policy, args))
+                report()
+            for method in args.methods:
+                result, seconds = train(
+                    adata, method, species_settings(policy), args, seed, split_key="split"
+                )
+                metrics = {k.removeprefix("test_"): v for k, v in result.metrics.items()}
+                rows.append(dict(scenario=scenario, policy=policy, method=method, seed=seed, seconds=seconds,
+                                 left_out=left_out, n_scored=test.n_obs, **metrics))  # fmt: skip
+                print(
+                    f"  {policy:<16} {method:<8} seed {seed}: balanced accuracy {metrics['balanced_accuracy']:.3f}"
+                )
+                report()
+                shutil.rmtree(result.out_dir.parent, ignore_errors=True)
 
 
-def run_scenario_b(human, mouse, args, rows, report):
+def baselines_a(base_dir, scenario: str, train_cells, test, left_out: int, policy: str, args) -> list[dict]:
+    """Logistic regression and zero-shot centroid rows for one (a) split and policy; both are deterministic."""
+    known = train_cells.obs["cell_type"].unique()
+    settings = species_settings(policy)
+    lr = logistic_regression(mapped_genes(train_cells, policy), mapped_genes(test, policy), "cell_type", 0)
+    zero_shot = nearest_centroid(
+        embeddings(base_dir, train_cells, settings, args.max_length),
+        train_cells.obs["cell_type"].astype(str).to_numpy(),
+        embeddings(base_dir, test, settings, args.max_length),
+    )
+    return [
+        dict(scenario=scenario, policy=policy, method=method, seed=0, left_out=left_out,
+             **score(test.obs["cell_type"], predicted, known))
+        for method, predicted in (("logistic regression", lr), ("zero-shot centroid", zero_shot))
+    ]  # fmt: skip
+
+
+def run_scenario_b(human, mouse, args, rows, report, seed: int, baselines: bool):
+    """One seed of scenario (b): train on human cells, predict mouse cells under every policy."""
     import shutil
 
     from scpeft_hf.data.orthologs import GeneMap
@@ -210,39 +217,39 @@ def run_scenario_b(human, mouse, args, rows, report):
     base_dir = resolve_base(args.base)
     scenario = "b: human -> mouse"
     human_labels = human.obs["cell_type"].astype(str).unique()
-    lr = logistic_regression(human, mapped_genes(mouse, "one2one"), "cell_type", 0)
-    rows.append(dict(scenario=scenario, policy="one2one genes", method="logistic regression", seed=0,
-                     **score(mouse.obs["cell_type"], lr, human_labels)))  # fmt: skip
-    report()
-    human_cells = embeddings(base_dir, human, species_settings("case-insensitive"), args.max_length)
-    for policy in args.policies:
-        mouse_cells = embeddings(base_dir, mouse, species_settings(policy), args.max_length)
-        zero_shot = nearest_centroid(human_cells, human.obs["cell_type"].astype(str).to_numpy(), mouse_cells)
-        rows.append(dict(scenario=scenario, policy=policy, method="zero-shot centroid", seed=0,
-                         **score(mouse.obs["cell_type"], zero_shot, human_labels)))  # fmt: skip
+    if baselines:
+        lr = logistic_regression(human, mapped_genes(mouse, "one2one"), "cell_type", 0)
+        rows.append(dict(scenario=scenario, policy="one2one genes", method="logistic regression", seed=0,
+                         **score(mouse.obs["cell_type"], lr, human_labels)))  # fmt: skip
         report()
-    for seed in args.seeds_b:
-        for method in args.methods:
-            result, seconds = train(human, method, species_settings("case-insensitive"), args, seed)
-            annotator = load_annotator(result.out_dir, base=args.base)
-            for policy in args.policies:
-                processor = annotator.processor
-                processor.species = None if policy == "case-insensitive" else "mouse"
-                processor.gene_map = (
-                    None if policy == "case-insensitive" else GeneMap.from_table("mouse", policy=policy)
-                )
-                predicted = annotator.predict(mouse.copy()).obs["scpeft_pred"]
-                metrics = score(mouse.obs["cell_type"], predicted.astype(str), annotator.label_names)
-                rows.append(
-                    dict(
-                        scenario=scenario, policy=policy, method=method, seed=seed, seconds=seconds, **metrics
-                    )
-                )
-                print(
-                    f"  {policy:<16} {method:<8} seed {seed}: balanced accuracy {metrics['balanced_accuracy']:.3f}"
-                )
+        human_cells = embeddings(base_dir, human, species_settings("case-insensitive"), args.max_length)
+        for policy in args.policies:
+            mouse_cells = embeddings(base_dir, mouse, species_settings(policy), args.max_length)
+            zero_shot = nearest_centroid(
+                human_cells, human.obs["cell_type"].astype(str).to_numpy(), mouse_cells
+            )
+            rows.append(dict(scenario=scenario, policy=policy, method="zero-shot centroid", seed=0,
+                             **score(mouse.obs["cell_type"], zero_shot, human_labels)))  # fmt: skip
             report()
-            shutil.rmtree(result.out_dir.parent, ignore_errors=True)
+    for method in args.methods:
+        result, seconds = train(human, method, species_settings("case-insensitive"), args, seed)
+        annotator = load_annotator(result.out_dir, base=args.base)
+        for policy in args.policies:
+            processor = annotator.processor
+            processor.species = None if policy == "case-insensitive" else "mouse"
+            processor.gene_map = (
+                None if policy == "case-insensitive" else GeneMap.from_table("mouse", policy=policy)
+            )
+            predicted = annotator.predict(mouse.copy()).obs["scpeft_pred"]
+            metrics = score(mouse.obs["cell_type"], predicted.astype(str), annotator.label_names)
+            rows.append(
+                dict(scenario=scenario, policy=policy, method=method, seed=seed, seconds=seconds, **metrics)
+            )
+            print(
+                f"  {policy:<16} {method:<8} seed {seed}: balanced accuracy {metrics['balanced_accuracy']:.3f}"
+            )
+        report()
+        shutil.rmtree(result.out_dir.parent, ignore_errors=True)
 
 
 def gene_coverage(mouse, base) -> dict[str, dict]:
@@ -291,6 +298,8 @@ def reductions(args) -> list[str]:
         missing = [value for value in ISSUE_SPEC[name] if value not in getattr(args, name)]
         if missing:
             found.append(f"{name} without {', '.join(missing)}")
+    if args.epochs < DEFAULT_EPOCHS:
+        found.append(f"at most {args.epochs} epochs instead of {DEFAULT_EPOCHS} (the issue names none)")
     if args.max_cells is not None:
         found.append(f"at most {args.max_cells} cells per species instead of all")
     if set(args.scenarios) != {"a", "b"}:
@@ -346,12 +355,13 @@ def write_markdown(summary, coverage, args, seconds, path: Path, complete: bool 
         "logistic regression (balanced class weights) on normalised log1p genes mapped with the row's policy "
         "(for (b) on one-to-one genes).",
         "",
-        "| scenario | policy | method | balanced accuracy | macro-F1 | accuracy | scored | excluded |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | policy | method | seeds | balanced accuracy | macro-F1 | accuracy | scored | excluded |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in summary:
         lines.append(
-            f"| {entry['scenario']} | {entry['policy']} | {entry['method']} | {cell(entry, 'balanced_accuracy')} | "
+            f"| {entry['scenario']} | {entry['policy']} | {entry['method']} | {entry['seeds']} | "
+            f"{cell(entry, 'balanced_accuracy')} | "
             f"{cell(entry, 'macro_f1')} | {cell(entry, 'accuracy')} | {entry['n_scored'] or ''} | "
             f"{entry['n_excluded']} |"
         )
@@ -394,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds-b", nargs="+", type=int, default=None, help="seeds for scenario (b) (default: --seeds)"
     )
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -420,17 +430,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(complete: bool = False) -> None:
         summary = summarise(rows)
-        write_markdown(summary, coverage, args, time.perf_counter() - started, out, complete)
-        out.with_suffix(".json").write_text(
-            json.dumps(
-                {"complete": complete, "rows": rows, "summary": summary, "coverage": coverage}, indent=2
-            )
-        )
+        # Written beside and renamed over, so that a stopped run never leaves a half-written file.
+        staged = out.with_name(f".{out.name}.partial")
+        write_markdown(summary, coverage, args, time.perf_counter() - started, staged, complete)
+        staged.replace(out)
+        record = {"complete": complete, "rows": rows, "summary": summary, "coverage": coverage}
+        staged.write_text(json.dumps(record, indent=2))
+        staged.replace(out.with_suffix(".json"))
 
-    if "a" in args.scenarios:
-        run_scenario_a(mouse, args, rows, report)
-    if "b" in args.scenarios:
-        run_scenario_b(human, mouse, args, rows, report)
+    # Seed by seed, (a) then (b), so that a run stopped early has both scenarios at the first seed.
+    for seed in dict.fromkeys(args.seeds + args.seeds_b):
+        if "a" in args.scenarios and seed in args.seeds:
+            run_scenario_a(mouse, args, rows, report, seed, baselines=seed == args.seeds[0])
+        if "b" in args.scenarios and seed in args.seeds_b:
+            run_scenario_b(human, mouse, args, rows, report, seed, baselines=seed == args.seeds_b[0])
     report(complete=True)
     print(out.read_text())
     return 0
