@@ -93,7 +93,9 @@ def test_streamed_predict_equals_in_memory_predict(cells, annotator, tmp_path, l
     for key in ("task", "method", "adapter"):
         assert streamed.uns["scpeft"].get(key) == in_memory.uns["scpeft"].get(key)
     assert streamed.uns["scpeft"].get("base") == in_memory.uns["scpeft"].get("base")
-    assert streamed.uns["scpeft"]["settings"]["backed"] and "backed" not in in_memory.uns["scpeft"]["settings"]
+    assert (
+        streamed.uns["scpeft"]["settings"]["backed"] and "backed" not in in_memory.uns["scpeft"]["settings"]
+    )
     # the input's content is all there, X stored byte for byte as in the input
     pd.testing.assert_frame_equal(streamed.obs[list(adata.obs)], ad.read_h5ad(src).obs)
     x_in, x_out = stored_arrays(src, "X"), stored_arrays(dst, "X")
