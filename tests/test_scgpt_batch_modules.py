@@ -17,7 +17,7 @@ from scpeft_hf.models.scgpt.batch_modules import (
     elastic_cell_similarity_loss,
     reverse_gradient,
 )
-from scpeft_hf.models.scgpt.modeling_scgpt import masked_mse
+from scpeft_hf.models.scgpt.modeling_scgpt_pretraining import masked_mse
 
 PAD, CLS = 0, 1
 

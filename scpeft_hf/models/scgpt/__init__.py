@@ -12,13 +12,12 @@ from .convert_scgpt import ConversionReport, convert_scgpt_checkpoint
 from .modeling_scgpt import (
     ScGPTCellClassifierOutput,
     ScGPTForCellClassification,
-    ScGPTForMaskedExpressionModeling,
-    ScGPTMaskedExpressionOutput,
     ScGPTModel,
     ScGPTModelOutput,
     ScGPTPreTrainedModel,
 )
 from .modeling_scgpt_integration import ScGPTBatchIntegrationOutput, ScGPTForBatchIntegration
+from .modeling_scgpt_pretraining import ScGPTForMaskedExpressionModeling, ScGPTMaskedExpressionOutput
 
 AutoConfig.register("scgpt", ScGPTConfig, exist_ok=True)
 AutoModel.register(ScGPTConfig, ScGPTModel, exist_ok=True)

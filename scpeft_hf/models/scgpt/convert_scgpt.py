@@ -25,8 +25,9 @@ from huggingface_hub import ModelCardData
 from ...errors import InvalidInputError, MissingFileError
 from ...output_folders import check_out_dir, make_staging_dir, publish
 from .configuration_scgpt import ScGPTConfig
-from .modeling_scgpt import ScGPTForCellClassification, ScGPTForMaskedExpressionModeling
+from .modeling_scgpt import ScGPTForCellClassification
 from .modeling_scgpt_integration import ScGPTForBatchIntegration
+from .modeling_scgpt_pretraining import ScGPTForMaskedExpressionModeling
 from .parity import Parity, measure_parity
 
 CHECKPOINT_FILE = "best_model.pt"

@@ -11,14 +11,8 @@ from transformers.utils import ModelOutput
 
 from .batch_modules import ScGPTBatchDiscriminator, ScGPTBatchEncoder, elastic_cell_similarity_loss
 from .configuration_scgpt import ScGPTConfig
-from .modeling_scgpt import (
-    ScGPTExprDecoder,
-    ScGPTModel,
-    ScGPTMVCDecoder,
-    ScGPTPreTrainedModel,
-    masked_mse,
-    masked_zero_nll,
-)
+from .modeling_scgpt import ScGPTModel, ScGPTPreTrainedModel
+from .modeling_scgpt_pretraining import ScGPTExprDecoder, ScGPTMVCDecoder, masked_mse, masked_zero_nll
 
 LOSS_TERMS = ("gep", "gepc", "ecs", "dab")
 
