@@ -215,6 +215,15 @@ def test_unreadable_inputs_are_refused_in_one_line(layered, cells, tmp_path):
     assert not any(tmp_path.glob("[abc].h5ad")) and not any(tmp_path.glob(".*partial"))
 
 
+def test_streaming_refuses_use_raw_in_one_line(layered, tmp_path, capsys):
+    src, _ = layered
+    out = tmp_path / "out.h5ad"
+    assert cli_main(["embed", "--backed", "--use-raw", "--data", str(src), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--use-raw" in error[0] and "--layer NAME" in error[0]
+    assert not out.exists() and not any(tmp_path.glob(".*partial"))
+
+
 def test_files_larger_than_half_the_available_memory_stream(layered, monkeypatch):
     src, adata = layered
     size = h5ad_memory_size(src)

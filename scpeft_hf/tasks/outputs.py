@@ -129,7 +129,9 @@ class CellResults:
         return elements
 
     def uns(self) -> dict:
-        record = {**self.record, "versions": self.record.get("versions", package_versions())}
+        record = dict(self.record)
+        if "versions" not in record:  # run_record has them already; look them up only when missing
+            record["versions"] = package_versions()
         if self.label_names is not None:
             record["labels"] = [str(name) for name in self.label_names]
         return storable(record)
